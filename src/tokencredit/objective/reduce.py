@@ -1,0 +1,73 @@
+"""The shared tail of every policy objective: token weights, aggregation, and stats."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tokencredit.masked import masked_mean
+from tokencredit.registry import get
+
+
+def reduce_policy_loss(
+    per_token: Tensor,
+    mask: Tensor,
+    advantage: Tensor,
+    *,
+    agg: str,
+    weight: Tensor | None,
+    group: Tensor | None,
+    seq_weight: Tensor | None,
+    agg_params: dict,
+    stats: dict[str, Tensor],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`L = aggregate(w ⊙ ℓ, mask)`; the token weight w multiplies the loss but not the normaliser (as in the
+    80/20 forking-token mask, whose normaliser stays the total token count)."""
+    if weight is not None:
+        per_token = per_token * weight
+    loss = get("aggregate", agg)(
+        per_token, mask, advantage=advantage, group=group, seq_weight=seq_weight, **agg_params
+    )
+    stats["tokens"] = mask.sum().float()
+    stats["advantage_mean"] = masked_mean(advantage, mask).detach()
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def log_ratio(logprob: Tensor, old_logprob: Tensor) -> Tensor:
+    """`log π_θ − log π_old`, clamped to ±20 so exp never overflows."""
+    return (logprob - old_logprob).clamp(-20.0, 20.0)
+
+
+def clipped_surrogate(
+    ratio: Tensor,
+    advantage: Tensor,
+    mask: Tensor,
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's per-token loss `ℓ = max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high))`; with dual clip c > 1,
+    `ℓ ← min(ℓ, −c·A)` where A < 0 ("Mastering Complex Control in MOBA Games with Deep RL", Ye et al. 2020)."""
+    unclipped = -advantage * ratio
+    clipped = -advantage * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    stats = {
+        "clip_frac": masked_mean((clipped > unclipped).float(), mask),
+        "clip_frac_low": masked_mean(((ratio < 1.0 - clip_low) & (advantage < 0)).float(), mask),
+        "clip_frac_high": masked_mean(((ratio > 1.0 + clip_high) & (advantage > 0)).float(), mask),
+    }
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip: expected a constant > 1, got {dual_clip}")
+        capped = torch.minimum(loss, -dual_clip * advantage)
+        stats["dual_clip_frac"] = masked_mean(((advantage < 0) & (capped < loss)).float(), mask)
+        loss = torch.where(advantage < 0, capped, loss)
+    return loss, stats
+
+
+def ratio_stats(log_r: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """`approx_kl` = mean k3(π_old ‖ π_θ) and the largest |r − 1| over the mask (1e-4 at the first on-policy
+    epoch is the trainer's correctness check)."""
+    ratio = log_r.exp()
+    dev = ((ratio - 1.0).abs() * mask).amax() if mask.any() else ratio.new_zeros(())
+    return {"approx_kl": masked_mean(torch.expm1(-log_r) + log_r, mask), "ratio_max_dev": dev}

@@ -1,0 +1,3 @@
+"""Shape stage: `Rollouts` → per-token rewards `[B,T]`."""
+
+from tokencredit.shape import outcome  # noqa: F401  (registers)
