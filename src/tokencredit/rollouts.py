@@ -87,12 +87,20 @@ class Rollouts:
         """The sub-batch of the given rows (an index or bool tensor over B)."""
         return replace(self, **{f.name: _take(getattr(self, f.name), rows) for f in fields(self)})
 
+    def narrow(self, width: int) -> Rollouts:
+        """The first `width` token positions (drop trailing padding)."""
+        return replace(self, **{f.name: _cut(getattr(self, f.name), width, self.mask.dim()) for f in fields(self)})
+
     def to(self, device: torch.device | str) -> Rollouts:
         return replace(self, **{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
 
 
 def _take(x: Tensor | None, rows: Tensor) -> Tensor | None:
     return None if x is None else x[rows]
+
+
+def _cut(x: Tensor | None, width: int, ndim: int) -> Tensor | None:
+    return x[:, :width] if x is not None and x.dim() == ndim else x
 
 
 def _move(x: Tensor | None, device: torch.device | str) -> Tensor | None:
@@ -108,6 +116,12 @@ class Credit:
     advantage: Tensor
     weight: Tensor
     keep: Tensor
+
+    def select(self, rows: Tensor) -> Credit:
+        return Credit(advantage=self.advantage[rows], weight=self.weight[rows], keep=self.keep[rows])
+
+    def narrow(self, width: int) -> Credit:
+        return Credit(advantage=self.advantage[:, :width], weight=self.weight[:, :width], keep=self.keep)
 
     def folded(self) -> Tensor:
         """`advantage * weight * keep`: the single tensor to hand to an engine without weight support."""

@@ -1,0 +1,1 @@
+"""Looking at training: plots (and, later, the token-credit HTML report)."""

@@ -1,0 +1,125 @@
+"""Sampling with `transformers` `generate` (KV cache, left-padded prompts), recording what RL needs.
+
+The behaviour log-probs are those of the distribution the trainer recomputes: `log_softmax(logits / T)` of
+the raw logits, the same function (`token_logprob_entropy`) on both sides, so the first-epoch PPO ratio is 1
+up to float error. `top_k` is disabled (transformers' default of 50 would silently truncate the sampling
+distribution); with `top_p < 1` tokens are drawn from the nucleus but log-probs stay those of the full
+tempered distribution (verl's convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def token_logprob_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Log-prob of `tokens [N,T]` and entropy of the tempered distribution, from `logits [N,T,V]`, in float32."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return token_logp, entropy
+
+
+@dataclass
+class Samples:
+    """N sampled responses. Prompts are left-padded `[N,P]`, responses right-padded `[N,T]`; `response_mask`
+    covers the response tokens up to and including EOS."""
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    logprob: Tensor
+    entropy: Tensor
+    truncated: Tensor
+    texts: list[str]
+
+
+class TransformersSampler:
+    """Batched sampling from a causal LM with `generate`."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature: expected > 0 (use greedy=True for argmax), got {temperature}")
+        self.model, self.tokenizer = model, tokenizer
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+        device = self.model.device
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device).bool()
+
+    @torch.no_grad()
+    def sample(self, prompts: list[str], *, greedy: bool = False, max_new_tokens: int | None = None) -> Samples:
+        """One response per prompt (repeat a prompt G times for a group)."""
+        prompt_ids, prompt_mask = self.encode_prompts(prompts)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask.long(),
+            do_sample=not greedy,
+            temperature=None if greedy else self.temperature,
+            top_p=None if greedy else self.top_p,
+            top_k=None if greedy else 0,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        self.model.train(was_training)
+        response_ids = out.sequences[:, prompt_ids.shape[1]:]
+        logits = torch.stack(out.logits, dim=1)
+        return self._package(prompt_ids, prompt_mask, response_ids, logits, 1.0 if greedy else self.temperature)
+
+    def _package(self, prompt_ids, prompt_mask, response_ids, logits, temperature) -> Samples:
+        is_eos = response_ids == self.eos_id
+        # a response ends at its first EOS (included); everything after it is padding
+        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+        response_mask = ~after_eos
+        truncated = ~is_eos.any(-1)
+        logprob, entropy = token_logprob_entropy(logits, response_ids, temperature)
+        response_ids = response_ids.masked_fill(~response_mask, self.pad_id)
+        texts = self.tokenizer.batch_decode(
+            response_ids.masked_fill(is_eos, self.pad_id), skip_special_tokens=True
+        )
+        return Samples(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+            response_mask=response_mask, logprob=logprob * response_mask, entropy=entropy * response_mask,
+            truncated=truncated, texts=texts,
+        )
+
+
+def policy_logprob(
+    model: PreTrainedModel,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor]:
+    """Recompute the policy's log-probs and entropies of `response_ids` in one forward pass (with grad).
+
+    Position ids follow `generate`'s rule (`cumsum(attention) − 1` over the left-padded prompt followed by the
+    response), so the result describes the same distribution as at sampling.
+    """
+    attention = torch.cat([prompt_mask, torch.ones_like(response_ids, dtype=torch.bool)], dim=1).long()
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).logits
+    p = prompt_ids.shape[1]
+    return token_logprob_entropy(logits[:, p - 1 : -1], response_ids, temperature)

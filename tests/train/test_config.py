@@ -1,0 +1,25 @@
+import pytest
+
+from tokencredit.train import load_config
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: dapo\nrl:\n  steps: 7\n  temperature: 0.9\n")
+    cfg = load_config(path, ["rl.steps=9", "recipe_overrides.agg=balanced", "task_params.mistake_rate=0.1"])
+    assert cfg.recipe == "dapo" and cfg.rl.steps == 9 and cfg.rl.temperature == 0.9
+    assert cfg.recipe_overrides == {"agg": "balanced"} and cfg.task_params == {"mistake_rate": 0.1}
+
+
+@pytest.mark.parametrize("override, field", [
+    ("rl.steps=-1", "rl.steps"), ("rl.tempreature=1", "rl.tempreature"), ("recipe=nope", "recipe"),
+    ("rl.top_p=2", "rl.top_p"),
+])
+def test_errors_name_the_field(override, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_override_needs_key_value():
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(None, ["rl.steps"])
