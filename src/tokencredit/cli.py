@@ -20,6 +20,9 @@ console = Console()
 @app.callback()
 def main() -> None:
     """Token-level credit assignment for RL post-training of language models."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars say what is happening
 
 
 def _summary(fn) -> str:

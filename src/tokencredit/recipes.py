@@ -157,6 +157,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ba": dict(advantage="grpo", agg="balanced"),
     # Negative samples only: GRPO-N / NSR (Yao et al., 2025; Zhu et al., 2025)
     "nsr": dict(advantage="grpo", objective="negative_only", agg="token_mean"),
+    # TEMPO: prefix-tree TD credit at branching tokens ("Exploiting Tree Structure for Credit Assignment", 2025)
+    "tempo": dict(advantage="tempo", agg="seq_mean_token_mean"),
+    # SPO-chain: Monte-Carlo segment values at low-probability cut points ("Segment Policy Optimization", 2025)
+    "spo_chain": dict(advantage="spo_chain", agg="token_mean",
+                      advantage_params={"threshold": 0.9, "interval": 5, "max_cuts": 25, "mc_samples": 9}),
     # Forking tokens: DAPO on the top-20% entropy tokens ("Beyond the 80/20 Rule", Wang et al., 2025)
     "forking": dict(advantage="grpo", select="dynamic_filter", weight="forking_tokens", agg="token_mean",
                     weight_params={"top": 0.2}, objective_params={"clip_low": 0.2, "clip_high": 0.28}),

@@ -11,7 +11,8 @@ def test_grpo_hand_computed():
     r = rollouts([1.0, 0.0, 1.0, 0.0, 1.0], [7, 7, 2, 7, 2], [2, 3, 1, 2, 3])
     adv = tc.get("advantage", "grpo")(r)
     std = math.sqrt(1 / 3)
-    expected = torch.tensor([(1 - 1 / 3) / (std + 1e-6), (0 - 1 / 3) / (std + 1e-6), 0.0, (0 - 1 / 3) / (std + 1e-6), 0.0])
+    pos, neg = (1 - 1 / 3) / (std + 1e-6), (0 - 1 / 3) / (std + 1e-6)
+    expected = torch.tensor([pos, neg, 0.0, neg, 0.0])
     torch.testing.assert_close(adv[:, 0], expected)
     assert torch.equal(adv != 0, r.mask & (expected != 0)[:, None])  # broadcast over real tokens only
     torch.testing.assert_close(adv[1, :3], expected[1].expand(3))

@@ -28,7 +28,8 @@ def test_ppo_clip_and_clip_higher_hand_computed():
     # per token: max(−A r, −A clip(r, 0.8, 1.28))
     expected = [max(-1.5, -1.28), max(-0.5, -0.8), max(1.5, 1.28), max(0.5, 0.8)]
     torch.testing.assert_close(loss, torch.tensor(sum(expected) / 4))
-    assert math.isclose(stats["clip_frac"].item(), 0.5)  # tokens 1 (A>0, r<0.8) and 3 (A<0, r<0.8) take the clipped branch
+    # tokens 1 (A>0, r<0.8) and 3 (A<0, r<0.8) take the clipped branch
+    assert math.isclose(stats["clip_frac"].item(), 0.5)
     assert math.isclose(stats["clip_frac_high"].item(), 0.25)
 
 

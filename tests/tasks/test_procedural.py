@@ -215,3 +215,12 @@ def test_invalid_options(cls, kwargs):
 
 def test_list_ranges_are_accepted():  # e.g. from YAML
     assert ChainSum(num_terms=[2, 3]).num_terms == (2, 3)
+
+
+def test_chain_sum_nine_slip_is_systematic():
+    task = ChainSum(mistake_rate=0.0, nine_slip_rate=1.0, num_terms=(2, 2), term_range=(9, 9))
+    ex = task.sample(random.Random(0))
+    assert ex.prompt == "9+9=" and ex.demonstration == "9+9=19\nanswer: 19" and ex.answer == "18"
+    clean = ChainSum(mistake_rate=0.0, nine_slip_rate=1.0, term_range=(1, 8))
+    for e in examples(clean, 50, seed=1):
+        assert e.demonstration.endswith(f"answer: {e.answer}")

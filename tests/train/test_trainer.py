@@ -146,3 +146,10 @@ def test_jsonl_task_trains_with_math_verify(tmp_path):
 def test_gae_preset_is_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match="critic"):
         Trainer(tiny_config(tmp_path / "run", "recipe=ppo"))
+
+
+def test_spo_chain_trains_with_continuations(tmp_path):
+    summary = train(tiny_config(tmp_path / "run", "recipe=spo_chain", "sft.steps=0", "rl.steps=1",
+                                "recipe_overrides.advantage_params.mc_samples=2",
+                                "recipe_overrides.advantage_params.interval=3"))
+    assert summary["finished"]

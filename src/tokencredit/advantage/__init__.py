@@ -1,3 +1,3 @@
 """Advantage stage: `Rollouts` → per-token advantages `[B,T]` (0 outside mask)."""
 
-from tokencredit.advantage import gae, group, reinforce  # noqa: F401  (registers)
+from tokencredit.advantage import gae, group, reinforce, spo, tempo  # noqa: F401  (registers)

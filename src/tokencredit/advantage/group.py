@@ -20,18 +20,23 @@ def broadcast(seq_advantage: Tensor, mask: Tensor) -> Tensor:
     return seq_advantage[:, None] * mask
 
 
+def grpo_sequence_advantage(rollouts: Rollouts, eps: float = 1e-6, scale_by_std: bool = True) -> Tensor:
+    """Per-response GRPO advantage `[B]`: `(R_i − mean_g R) / (std_g R + ε)`, 0 for single-response groups."""
+    reward = rollouts.sequence_reward()
+    mean, std, count = group_stats(reward, rollouts.group)
+    centred = reward - mean
+    adv = centred / (std + eps) if scale_by_std else centred
+    return adv * (count > 1)
+
+
 @register("advantage", "grpo")
-def grpo(rollouts: Rollouts, eps: float = 1e-6, scale_by_std: bool = True) -> Tensor:
+def grpo(rollouts: Rollouts, eps: float = 1e-6) -> Tensor:
     """GRPO: `Â_i = (R_i − mean_g R) / (std_g R + ε)` with the unbiased group std, broadcast to every token.
 
     Source: "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models" (Shao et al.,
     2024). Zero-variance groups give 0 (numerator is 0); single-response groups give 0.
     """
-    reward = rollouts.sequence_reward()
-    mean, std, count = group_stats(reward, rollouts.group)
-    centred = reward - mean
-    adv = centred / (std + eps) if scale_by_std else centred
-    return broadcast(adv * (count > 1), rollouts.mask)
+    return broadcast(grpo_sequence_advantage(rollouts, eps), rollouts.mask)
 
 
 @register("advantage", "dr_grpo")
@@ -41,7 +46,7 @@ def dr_grpo(rollouts: Rollouts) -> Tensor:
     Source: "Understanding R1-Zero-Like Training: A Critical Perspective" (Liu et al., 2025). Pair it with
     the `seq_mean_token_sum_norm` aggregation (constant length normaliser) as the `dr_grpo` preset does.
     """
-    return grpo(rollouts, scale_by_std=False)
+    return broadcast(grpo_sequence_advantage(rollouts, scale_by_std=False), rollouts.mask)
 
 
 @register("advantage", "rloo")

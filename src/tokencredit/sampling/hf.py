@@ -63,10 +63,37 @@ class TransformersSampler:
         device = self.model.device
         return enc["input_ids"].to(device), enc["attention_mask"].to(device).bool()
 
+    def _left_pad(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r):] = torch.tensor(r)
+                mask[i, width - len(r):] = True
+        return ids.to(self.model.device), mask.to(self.model.device)
+
     @torch.no_grad()
     def sample(self, prompts: list[str], *, greedy: bool = False, max_new_tokens: int | None = None) -> Samples:
         """One response per prompt (repeat a prompt G times for a group)."""
         prompt_ids, prompt_mask = self.encode_prompts(prompts)
+        return self._generate(prompt_ids, prompt_mask, greedy, max_new_tokens)
+
+    @torch.no_grad()
+    def continue_from(self, prompts: list[str], prefixes: list[list[int]], k: int) -> Samples:
+        """k continuations of each response prefix (token ids after the prompt), `N·k` rows, prompt-major.
+
+        The returned `response_*` tensors hold the continuation only; `texts` hold prefix + continuation, the
+        whole response a verifier scores."""
+        encoded = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+        rows = [list(p) + list(x) for p, x in zip(encoded, prefixes) for _ in range(k)]
+        ids, mask = self._left_pad(rows)
+        out = self._generate(ids, mask, greedy=False, max_new_tokens=None)
+        heads = self.tokenizer.batch_decode([list(x) for x in prefixes for _ in range(k)], skip_special_tokens=True)
+        out.texts = [h + t for h, t in zip(heads, out.texts)]
+        return out
+
+    def _generate(self, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool, max_new_tokens: int | None) -> Samples:
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(

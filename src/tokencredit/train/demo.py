@@ -29,6 +29,7 @@ def demo_config(out: Path, **overrides: Any) -> TrainConfig:
     data: dict[str, Any] = {
         "out": str(out),
         "task": "chain_sum",
+        "task_params": {"nine_slip_rate": 0.6},
         "sft": {"steps": 250, "batch_size": 64, "lr": 3e-3, "warmup": 20},
         "rl": {"steps": 50, "prompts_per_step": 16, "group_size": 8, "max_new_tokens": 48, "lr": 3e-4,
                "minibatch_size": 128, "micro_batch_size": 128},
@@ -46,7 +47,9 @@ def demo_config(out: Path, **overrides: Any) -> TrainConfig:
 
 def _train_worker(cfg_json: str, init_from: str | None, threads: int) -> dict[str, Any]:
     import torch
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     torch.set_num_threads(threads)
     return train(TrainConfig.model_validate_json(cfg_json), init_from=init_from)
 

@@ -20,10 +20,12 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
+from tokencredit.advantage.spo import spo_chain_values
 from tokencredit.models import create_tiny_model, load_model
-from tokencredit.recipes import Recipe, recipe
+from tokencredit.recipes import Recipe, at_progress, recipe
 from tokencredit.rewards import safe_score
 from tokencredit.rollouts import Credit, Rollouts
+from tokencredit.sampling.continuation import TaskContinuations
 from tokencredit.sampling.hf import Samples, TransformersSampler, policy_logprob
 from tokencredit.tasks import examples, make_task
 from tokencredit.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
@@ -107,6 +109,7 @@ class Trainer:
             self.model, self.tokenizer, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
             max_new_tokens=cfg.rl.max_new_tokens,
         )
+        self.continuations = TaskContinuations(self.sampler, self.task)
         self.state: dict[str, Any] = {"phase": "sft", "step": 0, "sft_accuracy": None, "history": []}
         self.optimizer: torch.optim.Optimizer | None = None
         self.ref_model: torch.nn.Module | None = None
@@ -278,7 +281,13 @@ class Trainer:
                                              samples.response_ids, cfg.temperature)[0] * samples.response_mask
         rollouts = make_rollouts(samples, rewards.to(samples.logprob.device), group.to(samples.logprob.device),
                                  ref_logprob)
-        credit = self.recipe.credit(rollouts, progress=step / max(1, cfg.steps))
+        progress = step / max(1, cfg.steps)
+        if self.recipe.advantage == "spo_chain":  # Monte-Carlo values at the cut points, from extra sampling
+            params = at_progress(self.recipe.advantage_params, progress)
+            spo_keys = ("mc_samples", "threshold", "interval", "max_cuts")
+            rollouts = spo_chain_values(self.continuations, expanded, rollouts,
+                                        **{k: v for k, v in params.items() if k in spo_keys})
+        credit = self.recipe.credit(rollouts, progress=progress)
         kept = credit.keep.nonzero().squeeze(-1)
 
         t1 = time.time()

@@ -23,9 +23,9 @@ def forking_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2) -> T
     if not 0.0 < top <= 1.0:
         raise ValueError(f"top: expected a fraction in (0, 1], got {top}")
     mask = rollouts.mask
-    values = rollouts.entropy[mask]
+    values = rollouts.entropy.float()[mask]
     if values.numel() == 0:
-        return torch.zeros_like(rollouts.entropy)
+        return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     k = max(1, round(top * values.numel()))
     threshold = torch.topk(values, k).values[-1]
-    return ((rollouts.entropy >= threshold) & mask).float()
+    return ((rollouts.entropy.float() >= threshold) & mask).float()
