@@ -8,6 +8,7 @@ score), because one sample carries no relative information and must not push the
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from tokencredit.groups import group_stats
@@ -17,7 +18,7 @@ from tokencredit.rollouts import Rollouts
 
 def broadcast(seq_advantage: Tensor, mask: Tensor) -> Tensor:
     """Per-response advantage `[B]` → `[B,T]`, 0 outside mask."""
-    return seq_advantage[:, None] * mask
+    return torch.where(mask, seq_advantage[:, None], 0.0)
 
 
 def grpo_sequence_advantage(rollouts: Rollouts, eps: float = 1e-6, scale_by_std: bool = True) -> Tensor:

@@ -59,7 +59,9 @@ def seq_mean_token_sum_norm_weight(
     constant length normaliser (default T, the padded length, i.e. the generation budget).
 
     Source: "Understanding R1-Zero-Like Training: A Critical Perspective" (Liu et al., 2025)."""
-    return seq_mean_token_sum_weight(mask, num_seqs=num_seqs) / float(norm or mask.shape[1])
+    if norm is not None and norm <= 0:
+        raise ValueError(f"norm: expected a positive length normaliser, got {norm}")
+    return seq_mean_token_sum_weight(mask, num_seqs=num_seqs) / float(norm or max(mask.shape[1], 1))
 
 
 def balanced_weight(

@@ -1,0 +1,490 @@
+"""Speed of the credit stages against straightforward loop references (a script, not a test).
+
+    .venv/bin/python benchmarks/credit_speed.py [--threads 1] [--allocator both|default|keep-heap] [--out PATH]
+
+Batch: B = 4096 responses in groups of 16 (group ids shuffled over the rows, so groups are not contiguous),
+T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random critic values.
+
+* Advantage estimators (every `tc.methods()["advantage"]` that runs on this batch) are called as
+  `Recipe.credit` calls them: on the rollouts whose reward is the `outcome` shape's token rewards [B,T].
+  References: a per-group Python loop (select the group's rows, mean/std with torch on that subset) for the
+  group estimators; a per-token loop over t, vectorised over B, for the returns of reinforce_pp and gae.
+* Aggregations: forward + backward of a [B,T] per-token loss that requires grad. Reference: a Python loop
+  over sequences (per group, then per sequence, for `balanced`).
+
+Each reference is first checked to agree with the library (allclose); then both are timed (median of
+several runs after a warm-up; wall and process CPU time). The ratio is reference ms / library ms (wall);
+`cpu_ratio` is the same from process CPU time, which is steadier on a shared machine when --threads 1.
+Results go to a JSON file.
+
+Allocator: with glibc's defaults a fresh [B,T] float32 temporary (16 MB) is mmap-ed and page-faulted in on
+first touch and handed back on free, and on a VM those faults cost more than the arithmetic. `--allocator
+both` (the default) measures everything twice, each in its own process: `default` (what a user gets) and
+`keep-heap` (mallopt: big blocks come from the heap and stay there), so the table shows both the cost users
+see and the cost of the arithmetic itself.
+No verl/TRL "anchor" is timed: neither is installed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import tokencredit as tc
+from tokencredit.discount import discounted_reverse_cumsum
+from tokencredit.groups import group_index, group_stats
+from tokencredit.masked import masked_whiten
+from tokencredit.shape.outcome import outcome
+
+B, T, GROUP_SIZE, MIN_LEN = 4096, 1024, 16, 256
+EPS_GRPO, EPS_WHITEN = 1e-6, 1e-8
+GAMMA, LAM = 1.0, 0.95  # the library's gae defaults
+TARGET = 20.0
+RESULTS = Path(__file__).parent / "results" / "credit_speed.json"
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def make_batch(seed: int = 0) -> tc.Rollouts:
+    gen = torch.Generator().manual_seed(seed)
+    num_groups = B // GROUP_SIZE
+    # non-contiguous, non-dense ids: row i belongs to prompt 1000 + 7·g for a shuffled g
+    group = 1000 + 7 * (torch.randperm(B, generator=gen) % num_groups)
+    lengths = torch.randint(MIN_LEN, T + 1, (B,), generator=gen)
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    reward = (torch.rand(B, generator=gen) < 0.5).float()
+    value = torch.randn(B, T, generator=gen)
+    logprob = -torch.rand(B, T, generator=gen) * 3
+    entropy = torch.rand(B, T, generator=gen) * 2
+    return tc.Rollouts(group=group, mask=mask, reward=reward, value=value, logprob=logprob, entropy=entropy)
+
+
+# ------------------------------------------------------------------------------------------------ references
+# Deliberately plain: the loops a reader would write first. Inputs: token rewards [B,T], mask, group ids.
+
+
+def _groups(group: Tensor) -> list[Tensor]:
+    return [(group == g).nonzero().squeeze(1) for g in torch.unique(group).tolist()]
+
+
+def ref_group(token_reward: Tensor, mask: Tensor, group: Tensor, kind: str) -> Tensor:
+    scores = (token_reward * mask).sum(-1)
+    adv = torch.zeros(B)
+    for rows in _groups(group):
+        s = scores[rows]
+        if s.numel() < 2:
+            continue  # a single-response group carries no relative information
+        if kind == "grpo":
+            adv[rows] = (s - s.mean()) / (s.std() + EPS_GRPO)
+        elif kind == "dr_grpo":
+            adv[rows] = s - s.mean()
+        elif kind == "rloo":
+            adv[rows] = s - (s.sum() - s) / (s.numel() - 1)
+        elif kind == "reinforce_pp_baseline":
+            adv[rows] = s - s.mean()
+    out = adv[:, None] * mask
+    return ref_whiten(out, mask) if kind == "reinforce_pp_baseline" else out
+
+
+def ref_whiten(x: Tensor, mask: Tensor) -> Tensor:
+    values = x[mask]
+    centred = (x - values.mean()) / torch.sqrt(values.var() + EPS_WHITEN)
+    return centred * mask
+
+
+def ref_reinforce_pp(token_reward: Tensor, mask: Tensor, group: Tensor) -> Tensor:
+    returns = torch.zeros_like(token_reward)
+    running = torch.zeros(token_reward.shape[0])
+    for t in reversed(range(token_reward.shape[1])):
+        running = token_reward[:, t] + GAMMA * running
+        returns[:, t] = running
+        running = running * mask[:, t]
+    return ref_whiten(returns, mask)
+
+
+def ref_gae(token_reward: Tensor, mask: Tensor, group: Tensor, value: Tensor) -> Tensor:
+    value = value * mask
+    adv = torch.zeros_like(token_reward)
+    last = torch.zeros(token_reward.shape[0])
+    for t in reversed(range(token_reward.shape[1])):
+        next_value = value[:, t + 1] if t + 1 < token_reward.shape[1] else 0.0
+        delta = (token_reward[:, t] + GAMMA * next_value - value[:, t]) * mask[:, t]
+        last = delta + GAMMA * LAM * last
+        adv[:, t] = last
+    return ref_whiten(adv, mask)
+
+
+def ref_aggregate(name: str, loss: Tensor, mask: Tensor, advantage: Tensor, group: Tensor) -> Tensor:
+    lengths = mask.sum(-1).tolist()
+    rows = loss.unbind(0)  # one autograd node for the split; slicing `loss[i]` would cost a [B,T] grad per row
+    nonempty = sum(1 for n in lengths if n > 0)
+    if name == "balanced":
+        signs = torch.sign((advantage * mask).sum(-1)).tolist()
+        per_group = []
+        for members in _groups(group):
+            pos = [i for i in members.tolist() if signs[i] > 0]
+            neg = [i for i in members.tolist() if signs[i] < 0]
+            if not pos and not neg:
+                continue
+            part = loss.new_zeros(())
+            for side in (pos, neg):
+                if side:
+                    tokens = sum(lengths[i] for i in side)
+                    side_sum = sum(rows[i][: lengths[i]].sum() for i in side)
+                    part = part + len(side) / (len(pos) + len(neg)) * side_sum / max(tokens, 1)
+            per_group.append(part)
+        return sum(per_group) / max(len(per_group), 1)
+    total = loss.new_zeros(())
+    for row, n in zip(rows, lengths):
+        if n == 0:
+            continue
+        total = total + (row[:n].mean() if name == "seq_mean_token_mean" else row[:n].sum())
+    if name == "token_mean":
+        return total / max(sum(lengths), 1)
+    if name in ("seq_mean_token_mean", "seq_mean_token_sum"):
+        return total / max(nonempty, 1)
+    if name == "seq_mean_token_sum_norm":
+        return total / (max(nonempty, 1) * mask.shape[1])
+    raise KeyError(name)
+
+
+def ref_group_stats(scores: Tensor, group: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    mean, std, count = torch.zeros(B), torch.zeros(B), torch.zeros(B)
+    for rows in _groups(group):
+        s = scores[rows]
+        mean[rows], count[rows] = s.mean(), float(s.numel())
+        std[rows] = s.std() if s.numel() > 1 else 0.0
+    return mean, std, count
+
+
+def ref_discounted(x: Tensor, gamma: float) -> Tensor:
+    out = torch.zeros_like(x)
+    running = torch.zeros(x.shape[0])
+    for t in reversed(range(x.shape[1])):
+        running = x[:, t] + gamma * running
+        out[:, t] = running
+    return out
+
+
+GROUP_REFS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+
+
+def advantage_reference(name: str) -> Callable[[tc.Rollouts], Tensor] | None:
+    if name in GROUP_REFS:
+        return lambda r: ref_group(r.reward, r.mask, r.group, name)
+    if name == "reinforce_pp":
+        return lambda r: ref_reinforce_pp(r.reward, r.mask, r.group)
+    if name == "gae":
+        return lambda r: ref_gae(r.reward, r.mask, r.group, r.value)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+Timing = tuple[float, float]  # (wall ms, process CPU ms)
+
+
+def _timed(fn: Callable[[], object]) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3
+
+
+def _median(times: list[Timing]) -> Timing:
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int = 1) -> Timing:
+    for _ in range(warmup):
+        fn()
+    return _median([_timed(fn) for _ in range(runs)])
+
+
+def interleaved_ms(library: Callable[[], object], reference: Callable[[], object], runs: int,
+                   ref_runs: int, rounds: int = 3) -> tuple[Timing, Timing]:
+    """Medians over `rounds` alternating blocks (library block, then reference block), so that drifting
+    background load on a shared machine hits both sides alike. Each block starts with an untimed warm-up call:
+    the other side's allocations in between would otherwise make the first call pay fresh page faults."""
+    lib_times: list[Timing] = []
+    ref_times: list[Timing] = []
+    for r in range(rounds):
+        for fn, times, n in ((library, lib_times, runs), (reference, ref_times, ref_runs)):
+            block = -(-n // rounds) if r < n % rounds or n % rounds == 0 else n // rounds
+            fn()
+            times.extend(_timed(fn) for _ in range(block))
+    return _median(lib_times), _median(ref_times)
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {  # threads is read when the run starts (after --threads)
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
+        "load_average_at_start": load,
+    }
+
+
+def breakdown(shaped: tc.Rollouts, runs: int) -> dict[str, Timing]:
+    """Costs of the [B,T] building blocks (single passes, and the library helpers made of several), to read
+    the table against."""
+    mask, reward = shaped.mask, shaped.reward
+    maskf = mask.float()
+    adv = torch.randn(B)
+    return {
+        "x * mask (bool mask: converted to float first)": median_ms(lambda: reward * mask, runs),
+        "x * mask_f (float mask made once)": median_ms(lambda: reward * maskf, runs),
+        "mask.float()": median_ms(mask.float, runs),
+        "torch.where(mask, x, 0)": median_ms(lambda: torch.where(mask, reward, 0.0), runs),
+        "adv[:, None] * mask (bool)": median_ms(lambda: adv[:, None] * mask, runs),
+        "sequence_reward(): (x * mask).sum(-1)": median_ms(shaped.sequence_reward, runs),
+        "outcome(rollouts) shape": median_ms(lambda: outcome(shaped), runs),
+        "masked_whiten(x, mask)": median_ms(lambda: masked_whiten(reward, mask), runs),
+        "torch.unique(group) [B]": median_ms(lambda: group_index(shaped.group), runs),
+    }
+
+
+class Bench:
+    def __init__(self, runs: int, ref_runs: int) -> None:
+        self.runs, self.ref_runs = runs, ref_runs
+        self.rows: list[dict] = []
+        self.notes: list[str] = []
+
+    def compare(
+        self,
+        stage: str,
+        name: str,
+        library: Callable[[], object],
+        reference: Callable[[], object] | None,
+        reference_kind: str | None,
+        check: Callable[[object, object], None] | None = None,
+    ) -> None:
+        row = {"stage": stage, "name": name, "reference": reference_kind, "ref_ms": None, "ratio": None,
+               "ref_cpu_ms": None, "cpu_ratio": None}
+        if reference is not None:
+            out, expected = library(), reference()
+            check(out, expected)
+            first = out[0] if isinstance(out, tuple) else out
+            first_ref = expected[0] if isinstance(expected, tuple) else expected
+            row["max_abs_diff"] = (first - first_ref).abs().max().item()
+            lib, ref = interleaved_ms(library, reference, self.runs, self.ref_runs)
+            row["ref_ms"], row["ref_cpu_ms"] = ref
+        else:
+            lib = median_ms(library, self.runs)
+        row["lib_ms"], row["lib_cpu_ms"] = lib
+        if row["ref_ms"] is not None:
+            row["ratio"] = row["ref_ms"] / row["lib_ms"]
+            row["cpu_ratio"] = row["ref_cpu_ms"] / row["lib_cpu_ms"]
+            row["meets_target"] = row["ratio"] >= TARGET
+        self.rows.append(row)
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.1f}x (cpu {row['cpu_ratio']:.1f}x)"
+        ref_ms = row["ref_ms"] or 0.0
+        print(f"  {stage:10s} {name:36s} lib {row['lib_ms']:9.2f} ms  ref {ref_ms:9.2f} ms  {ratio}", flush=True)
+
+
+def _close(rtol: float, atol: float, what: str) -> Callable[[object, object], None]:
+    def check(out, expected) -> None:
+        torch.testing.assert_close(out, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+    return check
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+ALLOCATORS = ("default", "keep-heap")
+
+
+def keep_heap() -> bool:
+    """glibc: serve [B,T] float32 tensors (16 MB) from the heap and never hand freed memory back to the OS, so
+    that a fresh temporary does not pay a page fault per 4 KiB page (the default returns every block above the
+    dynamic mmap threshold to the OS). Equivalent to MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=…"""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024) and libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def measure(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    applied = keep_heap() if args.allocator == "keep-heap" else False
+    if args.allocator == "keep-heap" and not applied:
+        raise SystemExit("--allocator keep-heap: glibc mallopt is not available here")
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    info = machine()
+    rollouts = make_batch()
+    shaped = replace(rollouts, reward=outcome(rollouts))  # what Recipe.credit hands the advantage stage
+    mask, group = rollouts.mask, rollouts.group
+    bench = Bench(args.runs, args.ref_runs)
+    print(f"credit_speed ({args.allocator}): B={B} T={T}, torch {info['torch']}, {info['threads']} threads",
+          flush=True)
+
+    # end to end: every registered advantage estimator
+    for name in tc.names("advantage"):
+        fn = tc.get("advantage", name)
+        try:
+            fn(shaped)
+        except ValueError as error:  # e.g. tempo needs token ids with shared prefixes: its own benchmark
+            bench.notes.append(f"advantage {name!r} skipped (needs data this batch lacks): {error}")
+            continue
+        ref = advantage_reference(name)
+        if ref is None:
+            bench.notes.append(f"advantage {name!r}: no reference in this benchmark; library time only")
+        kind = None if ref is None else ("per-token loop" if name in ("reinforce_pp", "gae") else "per-group loop")
+        reference = None if ref is None else (lambda ref=ref: ref(shaped))
+        bench.compare("advantage", name, lambda fn=fn: fn(shaped), reference, kind, _close(1e-4, 2e-4, name))
+
+    # the vectorised cores alone, without the [B,T] broadcasting and masking they share with any implementation
+    scores = shaped.sequence_reward()
+    bench.compare("core", "group_stats [B]", lambda: group_stats(scores, group),
+                  lambda: ref_group_stats(scores, group), "per-group loop", _close(1e-5, 1e-6, "group_stats"))
+    returns_input = shaped.reward
+    for gamma in (1.0, GAMMA * LAM):
+        bench.compare("core", f"discounted_reverse_cumsum g={gamma:g}",
+                      lambda gamma=gamma: discounted_reverse_cumsum(returns_input, gamma),
+                      lambda gamma=gamma: ref_discounted(returns_input, gamma), "per-token loop",
+                      _close(1e-4, 1e-4, f"discount {gamma}"))
+
+    # aggregations: forward + backward of a [B,T] per-token loss
+    base_loss = torch.randn(B, T, generator=torch.Generator().manual_seed(1))
+    advantage = tc.get("advantage", "grpo")(shaped)
+    for name in tc.names("aggregate"):
+        fn = tc.get("aggregate", name)
+
+        def library(fn=fn) -> tuple[Tensor, Tensor]:
+            loss = base_loss.clone().requires_grad_(True)
+            value = fn(loss, mask, advantage=advantage, group=group)
+            value.backward()
+            return loss.grad, value.detach()
+
+        def reference(name=name) -> tuple[Tensor, Tensor]:
+            loss = base_loss.clone().requires_grad_(True)
+            value = ref_aggregate(name, loss, mask, advantage, group)
+            value.backward()
+            return loss.grad, value.detach()
+
+        try:
+            reference()
+        except KeyError:
+            bench.notes.append(f"aggregate {name!r}: no reference in this benchmark; library time only")
+            bench.compare("aggregate", name, library, None, None)
+            continue
+        bench.compare("aggregate", name, library, reference, "per-sequence loop (fwd+bwd)",
+                      _close(1e-4, 1e-9, name))
+
+    parts = {key: {"wall_ms": wall, "cpu_ms": cpu} for key, (wall, cpu) in breakdown(shaped, args.runs).items()}
+    bench.notes.append("no verl/TRL anchor: neither is installed in this environment")
+    result = {
+        "allocator": args.allocator,
+        "machine": info,
+        "sizes": {"B": B, "T": T, "group_size": GROUP_SIZE, "groups": B // GROUP_SIZE,
+                  "lengths": f"uniform {MIN_LEN}..{T}", "tokens": int(mask.sum()),
+                  "reward": "binary per sequence, placed by the outcome shape",
+                  "gae": {"gamma": GAMMA, "lam": LAM}},
+        "runs": {"library": args.runs, "reference": args.ref_runs,
+                 "statistic": "median ms; 3 alternating blocks of library/reference runs, 1 warm-up per block"},
+        "target_ratio": TARGET,
+        "results": bench.rows,
+        "building_blocks_ms": parts,
+        "notes": bench.notes,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=9, help="timed runs of each library function")
+    parser.add_argument("--ref-runs", type=int, default=6, help="timed runs of each reference")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--allocator", choices=("both", *ALLOCATORS), default="both",
+                        help="glibc allocator setting; 'both' runs each in its own process")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    if args.allocator != "both":
+        result = {"benchmark": "credit_speed", "modes": {args.allocator: measure(args)}}
+    else:
+        modes = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for allocator in ALLOCATORS:
+                out = Path(tmp) / f"{allocator}.json"
+                command = [sys.executable, __file__, "--allocator", allocator, "--out", str(out),
+                           "--runs", str(args.runs), "--ref-runs", str(args.ref_runs)]
+                if args.threads:
+                    command += ["--threads", str(args.threads)]
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                modes[allocator] = json.loads(out.read_text())["modes"][allocator]
+        result = {"benchmark": "credit_speed", "modes": modes}
+    result["total_seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for mode in result["modes"].values():
+        show(mode)
+    print(f"wrote {args.out}")
+
+
+def show(result: dict) -> None:
+    header = ("stage", "function", "reference", "library ms", "reference ms", "ratio", "cpu-time ratio")
+    lines = [
+        (r["stage"], r["name"], r["reference"] or "-", f"{r['lib_ms']:.2f}",
+         "-" if r["ref_ms"] is None else f"{r['ref_ms']:.2f}",
+         "-" if r["ratio"] is None else f"{r['ratio']:.1f}x",
+         "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.1f}x")
+        for r in result["results"]
+    ]
+    m = result["machine"]
+    title = (f"credit_speed ({result['allocator']} allocator): B={B} T={T} groups of {GROUP_SIZE}; "
+             f"torch {m['torch']}, {m['threads']} threads, {m['cpu_model']}")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(title)
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+        for line in (header, *lines):
+            print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+    else:
+        table = Table(title=title)
+        for h in header:
+            table.add_column(h, justify="right" if "ms" in h or "ratio" in h else "left")
+        for line in lines:
+            table.add_row(*line)
+        Console(width=150).print(table)
+    for key, value in result["building_blocks_ms"].items():
+        print(f"  building block: {key}: {value['wall_ms']:.2f} ms wall, {value['cpu_ms']:.2f} ms cpu")
+    for note in result["notes"]:
+        print(f"  note: {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Validation at the public boundary: wrong shapes, dtypes, names and missing fields raise a `ValueError` that
+names the culprit (and, for shapes, the expected shape; for names, the known names)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import tokencredit as tc
+from tokencredit import Rollouts
+from tokencredit.objective.aggregate import aggregation_weight
+
+B, T = 4, 5
+
+
+def _fields(**overrides) -> dict:
+    mask = torch.arange(T)[None, :] < torch.tensor([5, 3, 0, 1])[:, None]
+    fields = {
+        "group": torch.tensor([7, 3, 7, 3]),
+        "mask": mask,
+        "reward": torch.tensor([1.0, 0.0, 1.0, 0.0]),
+        "tokens": torch.zeros(B, T, dtype=torch.int64),
+        "logprob": -torch.rand(B, T),
+        "ref_logprob": -torch.rand(B, T),
+        "entropy": torch.rand(B, T),
+        "value": torch.randn(B, T),
+        "truncated": torch.zeros(B, dtype=torch.bool),
+    }
+    return fields | overrides
+
+
+def _rollouts(**overrides) -> Rollouts:
+    return Rollouts(**_fields(**overrides))
+
+
+def test_valid_batch_builds() -> None:
+    r = _rollouts()
+    assert r.batch_size == B and r.length.tolist() == [5, 3, 0, 1]
+    assert Rollouts(group=torch.zeros(3, dtype=torch.int64), mask=torch.zeros(3, 0, dtype=torch.bool),
+                    reward=torch.zeros(3)).batch_size == 3  # T = 0 is a valid (empty) batch
+
+
+# (field, bad value, expected shape text in the message)
+BAD_FIELDS = [
+    ("group", torch.tensor([7.0, 3.0, 7.0, 3.0]), "[B]"),  # float ids
+    ("group", torch.tensor([True, False, True, False]), "[B]"),  # bool is not an integer id
+    ("group", torch.tensor([7, 3, 7]), "[B]"),  # wrong B
+    ("group", torch.tensor([[7], [3], [7], [3]]), "[B]"),
+    ("group", [7, 3, 7, 3], "[B]"),  # not a tensor
+    ("mask", torch.ones(B, T, dtype=torch.int64), "[B,T]"),  # int mask
+    ("mask", torch.ones(B, T), "[B,T]"),  # float mask
+    ("mask", torch.ones(B, dtype=torch.bool), "[B,T]"),  # 1-D
+    ("mask", torch.ones(B, T, 1, dtype=torch.bool), "[B,T]"),  # 3-D
+    ("mask", [[True] * T] * B, "[B,T]"),  # not a tensor
+    ("reward", torch.zeros(B, T + 1), "[B,T]"),
+    ("reward", torch.zeros(B + 1), "[B]"),
+    ("reward", torch.zeros(B, T, 2), "[B]"),
+    ("reward", torch.zeros(B, dtype=torch.int64), "[B]"),  # int rewards
+    ("reward", torch.zeros(B, T, dtype=torch.bool), "[B,T]"),
+    ("reward", 1.0, "[B]"),  # not a tensor
+    ("tokens", torch.zeros(B, T), "[B,T]"),  # float tokens
+    ("tokens", torch.zeros(B, T + 1, dtype=torch.int64), "[B,T]"),
+    ("tokens", [[0] * T] * B, "[B,T]"),
+    ("truncated", torch.zeros(B, 1, dtype=torch.bool), "[B]"),
+    ("truncated", torch.zeros(B, dtype=torch.int64), "[B]"),
+    ("truncated", [False] * B, "[B]"),
+] + [
+    (name, bad, "[B,T]")
+    for name in ("logprob", "ref_logprob", "entropy", "value")
+    for bad in (
+        torch.zeros(B, T, dtype=torch.int64),  # int
+        torch.zeros(B, T, dtype=torch.bool),
+        torch.zeros(B, T - 1),  # wrong T
+        torch.zeros(T, B),  # transposed
+        torch.zeros(B),  # per-sequence
+        torch.zeros(B, T).numpy(),  # not a torch tensor
+    )
+]
+
+
+@pytest.mark.parametrize(("field", "bad", "shape_text"), BAD_FIELDS,
+                         ids=[f"{f}-{i}" for i, (f, _, _) in enumerate(BAD_FIELDS)])
+def test_rollouts_rejects_bad_field(field: str, bad, shape_text: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"Rollouts.{field}")) as info:
+        _rollouts(**{field: bad})
+    assert shape_text in str(info.value), f"message should state the expected shape {shape_text}: {info.value}"
+
+
+def test_registry_lookup_errors_list_known_names() -> None:
+    with pytest.raises(ValueError, match="nope") as info:
+        tc.get("advantage", "nope")
+    for name in tc.names("advantage"):
+        assert repr(name) in str(info.value)
+    with pytest.raises(ValueError, match="nostage") as info:
+        tc.get("nostage", "x")
+    for stage in tc.STAGES:
+        assert repr(stage) in str(info.value)
+    with pytest.raises(ValueError, match="nostage"):
+        tc.names("nostage")
+    with pytest.raises(ValueError, match="already registered"):
+        tc.register("advantage", "grpo")(lambda rollouts: rollouts.mask.float())
+
+
+def test_recipe_errors() -> None:
+    with pytest.raises(ValueError, match="nope") as info:
+        tc.recipe("nope")
+    for name in tc.methods()["presets"]:
+        assert repr(name) in str(info.value)
+    with pytest.raises(ValueError, match="nope") as info:
+        tc.Recipe(advantage="nope")
+    for name in tc.names("advantage"):
+        assert repr(name) in str(info.value)
+    for stage in ("shape", "weight", "select", "objective", "kl"):
+        with pytest.raises(ValueError, match="nope"):
+            tc.Recipe(**{stage: "nope"})
+    with pytest.raises(ValueError, match="nope") as info:
+        tc.Recipe(agg="nope")
+    for name in tc.names("aggregate"):
+        assert repr(name) in str(info.value)
+    with pytest.raises(ValueError, match="kl") as info:
+        tc.Recipe(kl_coef=0.1)  # a KL coefficient without an estimator
+    for name in tc.names("kl"):
+        assert repr(name) in str(info.value)
+    with pytest.raises(ValueError, match="kl_coef"):
+        tc.Recipe(kl="k3", kl_coef=-1.0)
+    with pytest.raises(ValueError, match="advantag"):
+        tc.Recipe(advantag="grpo")  # a misspelt field is not silently ignored
+    with pytest.raises(ValueError, match="nope"):
+        tc.recipe("grpo", advantage="nope")  # overrides are validated too
+    with pytest.raises(ValueError, match="nope"):
+        tc.register_preset("broken", advantage="nope")
+    assert "broken" not in tc.methods()["presets"]
+
+
+def test_recipe_loss_errors() -> None:
+    r = tc.recipe("grpo")
+    rollouts = _rollouts()
+    credit = r.credit(rollouts)
+    with pytest.raises(ValueError, match=re.escape("logprob: expected shape [B,T]")):
+        r.loss(torch.zeros(B, T + 1, requires_grad=True), rollouts, credit)
+    with pytest.raises(ValueError, match=re.escape("logprob: expected shape [B,T]")):
+        r.loss(torch.zeros(B, requires_grad=True), rollouts, credit)
+    with pytest.raises(ValueError, match=re.escape("Rollouts.logprob")):
+        r.loss(torch.zeros(B, T, requires_grad=True), _rollouts(logprob=None), credit)
+    with pytest.raises(ValueError, match=re.escape("Rollouts.ref_logprob")):
+        tc.recipe("grpo", kl="k3", kl_coef=0.1).loss(torch.zeros(B, T), _rollouts(ref_logprob=None), credit)
+    with pytest.raises(ValueError, match="entropy"):
+        tc.recipe("grpo", entropy_coef=0.01).loss(torch.zeros(B, T), rollouts, credit)
+
+
+def test_stages_name_the_missing_field() -> None:
+    with pytest.raises(ValueError, match=re.escape("Rollouts.value")):
+        tc.get("advantage", "gae")(_rollouts(value=None))
+    with pytest.raises(ValueError, match=re.escape("Rollouts.value")):
+        tc.recipe("ppo").credit(_rollouts(value=None))
+    rollouts = _rollouts(entropy=None)
+    advantage = tc.get("advantage", "grpo")(rollouts)
+    with pytest.raises(ValueError, match=re.escape("Rollouts.entropy")):
+        tc.get("weight", "forking_tokens")(rollouts, advantage)
+    with pytest.raises(ValueError, match=re.escape("Rollouts.entropy")):
+        tc.recipe("forking").credit(rollouts)
+    for top in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="top"):
+            tc.get("weight", "forking_tokens")(_rollouts(), advantage, top=top)
+
+
+def test_aggregation_errors() -> None:
+    mask = _fields()["mask"]
+    loss = torch.zeros(B, T)
+    with pytest.raises(ValueError, match="advantage"):
+        tc.get("aggregate", "balanced")(loss, mask)
+    with pytest.raises(ValueError, match="advantage"):
+        aggregation_weight("balanced", mask)
+    with pytest.raises(ValueError, match="denominator"):
+        aggregation_weight("balanced", mask, advantage=loss, denominator="nope")
+    with pytest.raises(ValueError, match="nope") as info:
+        aggregation_weight("nope", mask)
+    for name in tc.names("aggregate"):
+        assert repr(name) in str(info.value)
+
+
+def test_objective_parameter_errors() -> None:
+    mask = _fields()["mask"]
+    zeros = torch.zeros(B, T)
+    with pytest.raises(ValueError, match="dual_clip"):
+        tc.get("objective", "ppo_clip")(zeros, zeros, zeros, mask, dual_clip=1.0)
+    with pytest.raises(ValueError, match="nope"):
+        tc.get("objective", "ppo_clip")(zeros, zeros, zeros, mask, agg="nope")
