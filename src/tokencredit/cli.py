@@ -56,7 +56,7 @@ def _fail(message: str) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output folder"),
-    presets: str = typer.Option(",".join(("grpo", "dr_grpo", "dapo")), help="comma-separated preset names"),
+    presets: str = typer.Option("grpo,tempo", help="comma-separated preset names"),
     workers: int = typer.Option(2, min=1, help="presets trained at the same time (one process each)"),
     sft_steps: int | None = typer.Option(None, help="warm-start steps (default: the demo's)"),
     rl_steps: int | None = typer.Option(None, help="RL steps per preset (default: the demo's)"),

@@ -217,10 +217,10 @@ def test_list_ranges_are_accepted():  # e.g. from YAML
     assert ChainSum(num_terms=[2, 3]).num_terms == (2, 3)
 
 
-def test_chain_sum_nine_slip_is_systematic():
-    task = ChainSum(mistake_rate=0.0, nine_slip_rate=1.0, num_terms=(2, 2), term_range=(9, 9))
+def test_chain_sum_round_up_habit_is_systematic():
+    task = ChainSum(mistake_rate=0.0, round_up_rate=1.0, num_terms=(3, 3), term_range=(8, 8))
     ex = task.sample(random.Random(0))
-    assert ex.prompt == "9+9=" and ex.demonstration == "9+9=19\nanswer: 19" and ex.answer == "18"
-    clean = ChainSum(mistake_rate=0.0, nine_slip_rate=1.0, term_range=(1, 8))
+    assert ex.prompt == "8+8+8=" and ex.demonstration == "8+8=18 18+8=28\nanswer: 28" and ex.answer == "24"
+    clean = ChainSum(mistake_rate=0.0, round_up_rate=1.0, term_range=(1, 7))
     for e in examples(clean, 50, seed=1):
         assert e.demonstration.endswith(f"answer: {e.answer}")

@@ -8,9 +8,10 @@ later steps add to the wrong value correctly, so a demonstration stays locally p
 answer is wrong. A new mistake never exactly cancels the earlier ones, so a demonstration's answer is
 right iff it contains no mistake.
 
-`nine_slip_rate` adds a *systematic* habit on top: a step that adds 9 is written as if 10 had been added
-(one too many) with that probability. Above 0.5 the habit is the demonstrations' majority, so a warm-started
-model makes it even under greedy decoding, and only a verifiable reward can correct it. The demo uses 0.6.
+`round_up_rate` adds a *systematic* habit on top: a step that adds 8 or 9 is written, with that probability,
+as if 10 had been added (the term "rounded up", one or two too many). Above 0.5 the habit is the
+demonstrations' majority, so a warm-started model makes it even under greedy decoding, and only a verifiable
+reward can correct it. The demo uses 0.6.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class ChainSum(Task):
     num_terms: tuple[int, int] = (3, 5)
     term_range: tuple[int, int] = (1, 9)
     mistake_rate: float = 0.2
-    nine_slip_rate: float = 0.0
+    round_up_rate: float = 0.0
 
     name: ClassVar[str] = "chain_sum"
 
@@ -37,7 +38,7 @@ class ChainSum(Task):
         object.__setattr__(self, "num_terms", check_range("num_terms", self.num_terms, low=2))
         object.__setattr__(self, "term_range", check_range("term_range", self.term_range, low=0))
         object.__setattr__(self, "mistake_rate", check_rate("mistake_rate", self.mistake_rate))
-        object.__setattr__(self, "nine_slip_rate", check_rate("nine_slip_rate", self.nine_slip_rate))
+        object.__setattr__(self, "round_up_rate", check_rate("round_up_rate", self.round_up_rate))
 
     def sample(self, rng: random.Random) -> Example:
         terms = [rng.randint(*self.term_range) for _ in range(rng.randint(*self.num_terms))]
@@ -50,8 +51,8 @@ class ChainSum(Task):
                 deltas = [d for d in (-2, -1, 1, 2) if error + d != 0 and value + d >= 0]
                 delta = mistake_rng.choice(deltas)
                 value, error = value + delta, error + delta
-            elif term == 9 and error != -1 and mistake_rng.random() < self.nine_slip_rate:
-                value, error = value + 1, error + 1
+            elif term >= 8 and error != term - 10 and mistake_rng.random() < self.round_up_rate:
+                value, error = running + 10, error + 10 - term
             steps.append(f"{running}+{term}={value}")
             running = value
         return Example(

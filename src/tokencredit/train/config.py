@@ -47,6 +47,7 @@ class EvalConfig(_Strict):
     every: int = Field(10, ge=1)
     size: int = Field(200, ge=1)
     pass_k: int = Field(4, ge=1, description="samples per prompt for pass@k (at the RL temperature)")
+    pass_k_size: int = Field(100, ge=1, description="held-out examples (the first ones) that pass@k samples")
 
 
 class LogConfig(_Strict):

@@ -21,7 +21,7 @@ from tokencredit.inspect.plots import plot_accuracy
 from tokencredit.train.config import TrainConfig
 from tokencredit.train.trainer import train
 
-DEMO_PRESETS = ("grpo", "dr_grpo", "dapo")
+DEMO_PRESETS = ("grpo", "tempo")
 
 
 def demo_config(out: Path, **overrides: Any) -> TrainConfig:
@@ -29,12 +29,12 @@ def demo_config(out: Path, **overrides: Any) -> TrainConfig:
     data: dict[str, Any] = {
         "out": str(out),
         "task": "chain_sum",
-        "task_params": {"nine_slip_rate": 0.6},
-        "sft": {"steps": 250, "batch_size": 64, "lr": 3e-3, "warmup": 20},
-        "rl": {"steps": 50, "prompts_per_step": 16, "group_size": 8, "max_new_tokens": 48, "lr": 3e-4,
-               "minibatch_size": 128, "micro_batch_size": 128},
-        "eval": {"every": 10, "size": 200, "pass_k": 4},
-        "checkpoint_every": 25,
+        "task_params": {"round_up_rate": 0.6, "mistake_rate": 0.1},
+        "sft": {"steps": 400, "batch_size": 64, "lr": 3e-3, "warmup": 20},
+        "rl": {"steps": 40, "prompts_per_step": 24, "group_size": 8, "max_new_tokens": 48, "lr": 1e-4,
+               "minibatch_size": 192, "micro_batch_size": 96},
+        "eval": {"every": 10, "size": 200, "pass_k": 4, "pass_k_size": 50},
+        "checkpoint_every": 20,
         "log": {"progress": False},
     }
     for key, value in overrides.items():
@@ -70,7 +70,7 @@ def _describe(record: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _run_all(jobs: dict[str, tuple[TrainConfig, str | None]], workers: int, console: Console) -> dict[str, Any]:
+def run_parallel(jobs: dict[str, tuple[TrainConfig, str | None]], workers: int, console: Console) -> dict[str, Any]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")
     results: dict[str, Any] = {}
@@ -106,7 +106,7 @@ def run_demo(out: Path, presets: list[str], *, workers: int = 2, console: Consol
     started = time.time()
     warm = demo_config(out / "sft", **{**overrides, "rl": {**overrides.get("rl", {}), "steps": 0}})
     console.print(f"[bold]warm start[/] on {warm.task} ({warm.sft.steps} steps) → {warm.out}")
-    sft = _run_all({"warm start": (warm, None)}, 1, console)["warm start"]
+    sft = run_parallel({"warm start": (warm, None)}, 1, console)["warm start"]
     sft_seconds = time.time() - started
     console.print(f"warm-started greedy accuracy: {sft['sft_accuracy']:.3f}")
     init = str(Path(warm.out) / "checkpoints" / "sft")
@@ -116,7 +116,7 @@ def run_demo(out: Path, presets: list[str], *, workers: int = 2, console: Consol
         for name in presets
     }
     console.print(f"[bold]RL[/] with {', '.join(presets)} ({workers} at a time)")
-    results = _run_all(jobs, min(workers, len(jobs)), console)
+    results = run_parallel(jobs, min(workers, len(jobs)), console)
     summary = {
         name: {"sft_accuracy": r["sft_accuracy"], "final_accuracy": r["final_accuracy"],
                "seconds": r["seconds"] + sft_seconds}

@@ -20,16 +20,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate(
-    sampler: TransformersSampler, task: Task, examples: Sequence[Example], *, pass_k: int, batch_size: int = 256
+    sampler: TransformersSampler,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    pass_k: int,
+    pass_k_size: int | None = None,
+    batch_size: int = 256,
 ) -> dict[str, float]:
-    """`accuracy`: greedy accuracy; `pass@k`: with k samples per prompt at the sampler's temperature."""
+    """`accuracy`: greedy accuracy on every example; `pass@k`: k samples per prompt at the sampler's temperature
+    on the first `pass_k_size` examples (all by default)."""
     correct = []
     hits = []
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start : start + batch_size])
         greedy = sampler.sample([e.prompt for e in chunk], greedy=True)
         correct.append(safe_score(task, greedy.texts, chunk)[0])
-        if pass_k > 1:
+        if pass_k > 1 and start < (pass_k_size or len(examples)):
+            chunk = chunk[: (pass_k_size or len(examples)) - start]
             prompts = [e.prompt for e in chunk for _ in range(pass_k)]
             sampled = sampler.sample(prompts)
             expanded = [e for e in chunk for _ in range(pass_k)]

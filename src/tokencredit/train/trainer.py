@@ -328,7 +328,8 @@ class Trainer:
         }
 
     def _evaluate(self) -> dict[str, float]:
-        return evaluate(self.sampler, self.task, self.eval_examples, pass_k=self.cfg.eval.pass_k)
+        return evaluate(self.sampler, self.task, self.eval_examples, pass_k=self.cfg.eval.pass_k,
+                        pass_k_size=self.cfg.eval.pass_k_size)
 
 
 def train(cfg: TrainConfig, *, init_from: str | Path | None = None, stop_after: int | None = None) -> dict[str, Any]:
