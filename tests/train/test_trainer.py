@@ -153,3 +153,10 @@ def test_spo_chain_trains_with_continuations(tmp_path):
                                 "recipe_overrides.advantage_params.mc_samples=2",
                                 "recipe_overrides.advantage_params.interval=3"))
     assert summary["finished"]
+
+
+def test_step_with_every_group_dropped_is_skipped(tmp_path):
+    # an untrained model never answers correctly: every group has equal rewards and DAPO drops them all
+    summary = train(tiny_config(tmp_path / "run", "recipe=dapo", "sft.steps=0", "rl.steps=1"))
+    rl = next(r for r in _records(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "rl")
+    assert summary["finished"] and rl["kept_frac"] == 0.0 and rl["reward"] == 0.0

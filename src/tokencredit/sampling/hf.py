@@ -147,6 +147,8 @@ def policy_logprob(
     attention = torch.cat([prompt_mask, torch.ones_like(response_ids, dtype=torch.bool)], dim=1).long()
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).logits
-    p = prompt_ids.shape[1]
-    return token_logprob_entropy(logits[:, p - 1 : -1], response_ids, temperature)
+    t = response_ids.shape[1]
+    # logits only at the positions that predict response tokens (the last T+1, minus the final one)
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                   logits_to_keep=t + 1).logits
+    return token_logprob_entropy(logits[:, :-1], response_ids, temperature)

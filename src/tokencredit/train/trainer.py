@@ -297,7 +297,8 @@ class Trainer:
         trained_tokens = 0
         for epoch in range(cfg.ppo_epochs):
             order = kept[torch.randperm(len(kept), device=kept.device)]
-            for m, rows in enumerate(order.split(cfg.minibatch_size)):
+            minibatches = order.split(cfg.minibatch_size) if len(order) else ()  # every group dropped: no update
+            for m, rows in enumerate(minibatches):
                 stats = accumulate_policy_gradient(self.model, self.recipe, samples, rollouts, credit, rows,
                                                    cfg.micro_batch_size, cfg.temperature)
                 if epoch == 0 and m == 0:
