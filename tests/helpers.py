@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import strategies as st
 
 from tokencredit import Rollouts
 
@@ -17,3 +18,19 @@ def rollouts(rewards, groups, lengths, width=None, **fields) -> Rollouts:
     return Rollouts(
         group=torch.tensor(groups), mask=mask, reward=torch.tensor(rewards, dtype=torch.float32), **fields
     )
+
+
+@st.composite
+def prefix_sharing_sequences(draw, max_rows: int = 10, vocab: int = 3, max_len: int = 6) -> list[list[int]]:
+    """Token rows that often share prefixes (and are sometimes identical or empty): each row copies a random
+    earlier row's prefix and diverges, or is drawn fresh."""
+    n = draw(st.integers(1, max_rows))
+    seqs: list[list[int]] = []
+    for _ in range(n):
+        if seqs and draw(st.booleans()):
+            src = draw(st.sampled_from(seqs))
+            cut = draw(st.integers(0, len(src)))
+            seqs.append(src[:cut] + draw(st.lists(st.integers(0, vocab), max_size=3)))
+        else:
+            seqs.append(draw(st.lists(st.integers(0, vocab), max_size=max_len)))
+    return seqs

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tokencredit.tree as tree_mod
+from helpers import prefix_sharing_sequences
 from tokencredit.rollouts import Rollouts, pad_right
 from tokencredit.tree import prefix_delta, prefix_node_ids, prefix_tree, tvm_labels
 
@@ -77,17 +78,9 @@ def check_against_reference(seqs, groups, score, pad=0) -> None:
 
 @st.composite
 def grouped_sequences(draw, max_rows: int = 10, vocab: int = 3, max_len: int = 6):
-    """Rows that often share prefixes: copy a random earlier row's prefix, then diverge."""
-    n = draw(st.integers(1, max_rows))
-    seqs: list[list[int]] = []
-    for _ in range(n):
-        if seqs and draw(st.booleans()):
-            src = draw(st.sampled_from(seqs))
-            cut = draw(st.integers(0, len(src)))
-            tail = draw(st.lists(st.integers(0, vocab), max_size=3))
-            seqs.append(src[:cut] + tail)
-        else:
-            seqs.append(draw(st.lists(st.integers(0, vocab), max_size=max_len)))
+    """Rows that often share prefixes, with group ids and scores."""
+    seqs = draw(prefix_sharing_sequences(max_rows, vocab, max_len))
+    n = len(seqs)
     groups = draw(st.lists(st.sampled_from([-3, 0, 7, 11]), min_size=n, max_size=n))
     score = draw(st.lists(st.sampled_from([0.0, 1.0, 0.5, -2.0, 3.25]), min_size=n, max_size=n))
     return seqs, groups, score

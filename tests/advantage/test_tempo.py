@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tokencredit.advantage.tempo  # noqa: F401  (registers "tempo")
+from helpers import prefix_sharing_sequences
 from tokencredit.advantage.group import grpo, grpo_sequence_advantage
 from tokencredit.advantage.tempo import tempo
 from tokencredit.registry import get
@@ -31,15 +32,8 @@ def rollouts(seqs: list[list[int]], groups: list[int], reward: list[float]) -> R
 @st.composite
 def batches(draw, max_rows: int = 12, vocab: int = 3, max_len: int = 7):
     """Groups whose responses often share prefixes (and are sometimes identical or empty)."""
-    n = draw(st.integers(1, max_rows))
-    seqs: list[list[int]] = []
-    for _ in range(n):
-        if seqs and draw(st.booleans()):
-            src = draw(st.sampled_from(seqs))
-            cut = draw(st.integers(0, len(src)))
-            seqs.append(src[:cut] + draw(st.lists(st.integers(0, vocab), max_size=3)))
-        else:
-            seqs.append(draw(st.lists(st.integers(0, vocab), max_size=max_len)))
+    seqs = draw(prefix_sharing_sequences(max_rows, vocab, max_len))
+    n = len(seqs)
     groups = draw(st.lists(st.sampled_from([4, -1, 9]), min_size=n, max_size=n))
     reward = draw(st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.5, 1e6, 1e-8]), min_size=n, max_size=n))
     return rollouts(seqs, groups, reward)
