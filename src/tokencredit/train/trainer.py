@@ -229,7 +229,7 @@ class Trainer:
         ids = torch.nn.functional.pad(target["input_ids"], (0, 1), value=tok.pad_token_id)
         lengths = target["attention_mask"].sum(-1)
         ids[torch.arange(len(ids)), lengths] = tok.eos_token_id
-        mask = torch.arange(ids.shape[1])[None] <= lengths[:, None]
+        mask = (torch.arange(ids.shape[1])[None] <= lengths[:, None]).to(prompt_ids.device)
         logprob, _ = policy_logprob(self.model, prompt_ids, prompt_mask, ids.to(prompt_ids.device))
         return -(logprob * mask).sum() / mask.sum()
 
