@@ -37,7 +37,7 @@ class RLConfig(_Strict):
     ppo_epochs: int = Field(1, ge=1)
     minibatch_size: int = Field(128, ge=1, description="responses per optimizer step")
     micro_batch_size: int = Field(64, ge=1, description="responses per forward/backward")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-4, gt=0)
     warmup: int = Field(3, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
