@@ -21,8 +21,6 @@ from tokencredit.inspect.plots import plot_accuracy
 from tokencredit.train.config import TrainConfig
 from tokencredit.train.trainer import train
 
-DEMO_PRESETS = ("grpo", "tempo")
-
 
 def demo_config(out: Path, **overrides: Any) -> TrainConfig:
     """The demo's settings: sized so the whole demo fits in minutes on two CPU cores."""
