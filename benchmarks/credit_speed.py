@@ -6,9 +6,10 @@ Batch: B = 4096 responses in groups of 16 (group ids shuffled over the rows, so 
 T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random critic values.
 
 * Advantage estimators (every `tc.methods()["advantage"]` that runs on this batch) are called as
-  `Recipe.credit` calls them: on the rollouts whose reward is the `outcome` shape's token rewards [B,T].
-  References: a per-group Python loop (select the group's rows, mean/std with torch on that subset) for the
-  group estimators; a per-token loop over t, vectorised over B, for the returns of reinforce_pp and gae.
+  `Recipe.credit` calls them: on rollouts with the per-sequence reward [B] (the `outcome` shape is implied).
+  The references get the same inputs. References: a per-group Python loop (select the group's rows,
+  mean/std with torch on that subset) for the group estimators; a per-token loop over t, vectorised over B,
+  for the returns of reinforce_pp and gae (after placing each reward on its response's last token).
 * Aggregations: forward + backward of a [B,T] per-token loss that requires grad. Reference: a Python loop
   over sequences (per group, then per sequence, for `balanced`).
 
@@ -39,7 +40,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,7 +48,7 @@ from torch import Tensor
 import tokencredit as tc
 from tokencredit.discount import discounted_reverse_cumsum
 from tokencredit.groups import group_index, group_stats
-from tokencredit.masked import masked_whiten
+from tokencredit.masked import masked_whiten, token_count, zero_outside
 from tokencredit.shape.outcome import outcome
 
 B, T, GROUP_SIZE, MIN_LEN = 4096, 1024, 16, 256
@@ -83,8 +83,15 @@ def _groups(group: Tensor) -> list[Tensor]:
     return [(group == g).nonzero().squeeze(1) for g in torch.unique(group).tolist()]
 
 
-def ref_group(token_reward: Tensor, mask: Tensor, group: Tensor, kind: str) -> Tensor:
-    scores = (token_reward * mask).sum(-1)
+def ref_token_rewards(reward: Tensor, mask: Tensor) -> Tensor:
+    token_reward = torch.zeros(mask.shape)
+    lengths = mask.sum(-1)
+    rows = (lengths > 0).nonzero().squeeze(1)
+    token_reward[rows, lengths[rows] - 1] = reward[rows]
+    return token_reward
+
+
+def ref_group(scores: Tensor, mask: Tensor, group: Tensor, kind: str) -> Tensor:
     adv = torch.zeros(B)
     for rows in _groups(group):
         s = scores[rows]
@@ -108,7 +115,8 @@ def ref_whiten(x: Tensor, mask: Tensor) -> Tensor:
     return centred * mask
 
 
-def ref_reinforce_pp(token_reward: Tensor, mask: Tensor, group: Tensor) -> Tensor:
+def ref_reinforce_pp(reward: Tensor, mask: Tensor, group: Tensor) -> Tensor:
+    token_reward = ref_token_rewards(reward, mask)
     returns = torch.zeros_like(token_reward)
     running = torch.zeros(token_reward.shape[0])
     for t in reversed(range(token_reward.shape[1])):
@@ -118,7 +126,8 @@ def ref_reinforce_pp(token_reward: Tensor, mask: Tensor, group: Tensor) -> Tenso
     return ref_whiten(returns, mask)
 
 
-def ref_gae(token_reward: Tensor, mask: Tensor, group: Tensor, value: Tensor) -> Tensor:
+def ref_gae(reward: Tensor, mask: Tensor, group: Tensor, value: Tensor) -> Tensor:
+    token_reward = ref_token_rewards(reward, mask)
     value = value * mask
     adv = torch.zeros_like(token_reward)
     last = torch.zeros(token_reward.shape[0])
@@ -249,22 +258,26 @@ def machine() -> dict:
     }
 
 
-def breakdown(shaped: tc.Rollouts, runs: int) -> dict[str, Timing]:
+def breakdown(rollouts: tc.Rollouts, runs: int) -> dict[str, Timing]:
     """Costs of the [B,T] building blocks (single passes, and the library helpers made of several), to read
-    the table against."""
-    mask, reward = shaped.mask, shaped.reward
+    the table against: the idioms the library avoids next to the ones it uses (`tokencredit.masked`)."""
+    mask, x = rollouts.mask, rollouts.value
     maskf = mask.float()
     adv = torch.randn(B)
     return {
-        "x * mask (bool mask: converted to float first)": median_ms(lambda: reward * mask, runs),
-        "x * mask_f (float mask made once)": median_ms(lambda: reward * maskf, runs),
-        "mask.float()": median_ms(mask.float, runs),
-        "torch.where(mask, x, 0)": median_ms(lambda: torch.where(mask, reward, 0.0), runs),
-        "adv[:, None] * mask (bool)": median_ms(lambda: adv[:, None] * mask, runs),
-        "sequence_reward(): (x * mask).sum(-1)": median_ms(shaped.sequence_reward, runs),
-        "outcome(rollouts) shape": median_ms(lambda: outcome(shaped), runs),
-        "masked_whiten(x, mask)": median_ms(lambda: masked_whiten(reward, mask), runs),
-        "torch.unique(group) [B]": median_ms(lambda: group_index(shaped.group), runs),
+        "x * mask (bool mask: avoided)": median_ms(lambda: x * mask, runs),
+        "x * mask_f (float mask made once)": median_ms(lambda: x * maskf, runs),
+        "torch.where(mask, x, 0) (zero_outside)": median_ms(lambda: zero_outside(x, mask), runs),
+        "x.masked_fill(~mask, 0) (avoided)": median_ms(lambda: x.masked_fill(~mask, 0.0), runs),
+        "mask.sum(-1) (default int64: avoided)": median_ms(lambda: mask.sum(-1), runs),
+        "token_count(mask, -1) (int32 count)": median_ms(lambda: token_count(mask, -1), runs),
+        "mask.sum() (avoided)": median_ms(mask.sum, runs),
+        "token_count(mask)": median_ms(lambda: token_count(mask), runs),
+        "adv[:, None] * mask (bool: avoided)": median_ms(lambda: adv[:, None] * mask, runs),
+        "torch.where(mask, adv[:, None], 0) (broadcast)": median_ms(lambda: torch.where(mask, adv[:, None], 0.0), runs),
+        "outcome(rollouts) shape": median_ms(lambda: outcome(rollouts), runs),
+        "masked_whiten(x, mask)": median_ms(lambda: masked_whiten(x, mask), runs),
+        "torch.unique(group) [B]": median_ms(lambda: group_index(rollouts.group), runs),
     }
 
 
@@ -340,8 +353,7 @@ def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     started = time.perf_counter()
     info = machine()
-    rollouts = make_batch()
-    shaped = replace(rollouts, reward=outcome(rollouts))  # what Recipe.credit hands the advantage stage
+    rollouts = make_batch()  # with the [B] reward: what Recipe.credit hands the advantage stage
     mask, group = rollouts.mask, rollouts.group
     bench = Bench(args.runs, args.ref_runs)
     print(f"credit_speed ({args.allocator}): B={B} T={T}, torch {info['torch']}, {info['threads']} threads",
@@ -351,7 +363,7 @@ def measure(args: argparse.Namespace) -> dict:
     for name in tc.names("advantage"):
         fn = tc.get("advantage", name)
         try:
-            fn(shaped)
+            fn(rollouts)
         except ValueError as error:  # e.g. tempo needs token ids with shared prefixes: its own benchmark
             bench.notes.append(f"advantage {name!r} skipped (needs data this batch lacks): {error}")
             continue
@@ -359,14 +371,14 @@ def measure(args: argparse.Namespace) -> dict:
         if ref is None:
             bench.notes.append(f"advantage {name!r}: no reference in this benchmark; library time only")
         kind = None if ref is None else ("per-token loop" if name in ("reinforce_pp", "gae") else "per-group loop")
-        reference = None if ref is None else (lambda ref=ref: ref(shaped))
-        bench.compare("advantage", name, lambda fn=fn: fn(shaped), reference, kind, _close(1e-4, 2e-4, name))
+        reference = None if ref is None else (lambda ref=ref: ref(rollouts))
+        bench.compare("advantage", name, lambda fn=fn: fn(rollouts), reference, kind, _close(1e-4, 2e-4, name))
 
     # the vectorised cores alone, without the [B,T] broadcasting and masking they share with any implementation
-    scores = shaped.sequence_reward()
+    scores = rollouts.sequence_reward()
     bench.compare("core", "group_stats [B]", lambda: group_stats(scores, group),
                   lambda: ref_group_stats(scores, group), "per-group loop", _close(1e-5, 1e-6, "group_stats"))
-    returns_input = shaped.reward
+    returns_input = outcome(rollouts)
     for gamma in (1.0, GAMMA * LAM):
         bench.compare("core", f"discounted_reverse_cumsum g={gamma:g}",
                       lambda gamma=gamma: discounted_reverse_cumsum(returns_input, gamma),
@@ -375,7 +387,7 @@ def measure(args: argparse.Namespace) -> dict:
 
     # aggregations: forward + backward of a [B,T] per-token loss
     base_loss = torch.randn(B, T, generator=torch.Generator().manual_seed(1))
-    advantage = tc.get("advantage", "grpo")(shaped)
+    advantage = tc.get("advantage", "grpo")(rollouts)
     for name in tc.names("aggregate"):
         fn = tc.get("aggregate", name)
 
@@ -400,14 +412,14 @@ def measure(args: argparse.Namespace) -> dict:
         bench.compare("aggregate", name, library, reference, "per-sequence loop (fwd+bwd)",
                       _close(1e-4, 1e-9, name))
 
-    parts = {key: {"wall_ms": wall, "cpu_ms": cpu} for key, (wall, cpu) in breakdown(shaped, args.runs).items()}
+    parts = {key: {"wall_ms": wall, "cpu_ms": cpu} for key, (wall, cpu) in breakdown(rollouts, args.runs).items()}
     bench.notes.append("no verl/TRL anchor: neither is installed in this environment")
     result = {
         "allocator": args.allocator,
         "machine": info,
         "sizes": {"B": B, "T": T, "group_size": GROUP_SIZE, "groups": B // GROUP_SIZE,
                   "lengths": f"uniform {MIN_LEN}..{T}", "tokens": int(mask.sum()),
-                  "reward": "binary per sequence, placed by the outcome shape",
+                  "reward": "binary per sequence [B], passed unshaped as Recipe.credit does",
                   "gae": {"gamma": GAMMA, "lam": LAM}},
         "runs": {"library": args.runs, "reference": args.ref_runs,
                  "statistic": "median ms; 3 alternating blocks of library/reference runs, 1 warm-up per block"},

@@ -43,11 +43,23 @@ def summarise(histories: dict[str, dict[int, list[dict]]]) -> dict[str, dict]:
             mean, ci = mean_ci(values)
             curve.append({"step": step, "mean": mean, "ci95": ci, "n": len(values)})
         out[name] = {"curve": curve, "final": curve[-1]}
-    baseline = next(iter(out.values()))["final"]["mean"]
-    for summary in out.values():
+    first = next(iter(histories))
+    baseline = out[first]["final"]["mean"]
+    for name, summary in out.items():
         reached = [c["step"] for c in summary["curve"] if c["mean"] >= baseline]
         summary["steps_to_first_recipe_final"] = reached[0] if reached else None
+        # Warm starts differ a lot between seeds, so paired differences are the informative comparison.
+        by_seed = histories[name]
+        summary["gain_over_warm_start"] = _mean_ci_record(
+            [hist[-1]["accuracy"] - hist[0]["accuracy"] for hist in by_seed.values()])
+        summary["final_minus_first_recipe"] = _mean_ci_record(
+            [by_seed[seed][-1]["accuracy"] - histories[first][seed][-1]["accuracy"] for seed in by_seed])
     return out
+
+
+def _mean_ci_record(values: list[float]) -> dict:
+    mean, ci = mean_ci(values)
+    return {"mean": mean, "ci95": ci, "per_seed": values}
 
 
 def plot(summary: dict[str, dict], path: Path, title: str) -> None:
@@ -116,7 +128,10 @@ def main() -> None:
     plot(summary, args.out / "learning.png", f"embedded default, {args.seeds} seeds")
     for name, s in summary.items():
         final = s["final"]
+        gain, diff = s["gain_over_warm_start"], s["final_minus_first_recipe"]
         console.print(f"{name:>12}: final {final['mean']:.3f} ± {final['ci95']:.3f} (step {final['step']}), "
+                      f"gain over warm start {gain['mean']:+.3f} ± {gain['ci95']:.3f}, "
+                      f"paired vs {recipes[0]} {diff['mean']:+.3f} ± {diff['ci95']:.3f}, "
                       f"reaches {recipes[0]}'s final mean at step {s['steps_to_first_recipe_final']}")
 
 

@@ -211,6 +211,26 @@ def test_shape_and_advantage_stages(case: Case) -> None:
 @SETTINGS
 @given(case=cases())
 @with_fixed
+def test_sequence_reward_means_outcome_shaped_token_rewards(case: Case) -> None:
+    """`Recipe.credit` skips the `outcome` shape for [B] rewards: every stage must read a [B] reward exactly as
+    the outcome shape's token rewards (except that an empty response keeps its reward: nowhere to place it)."""
+    if case.full.reward.dim() != 1:
+        return
+    full = replace(case.full, reward=torch.where(case.mask.any(-1), case.full.reward, 0.0))
+    shaped = replace(full, reward=tc.get("shape", "outcome")(full))
+    advantage = _advantage(case)
+    for name in tc.names("advantage"):
+        fn = tc.get("advantage", name)
+        torch.testing.assert_close(fn(full), fn(shaped), msg=f"advantage {name!r}\n{case.description}")
+    for stage in ("weight", "select"):
+        for name in tc.names(stage):
+            fn = tc.get(stage, name)
+            assert torch.equal(fn(full, advantage), fn(shaped, advantage)), f"{stage} {name!r}"
+
+
+@SETTINGS
+@given(case=cases())
+@with_fixed
 def test_weight_and_select_stages(case: Case) -> None:
     b = case.mask.shape[0]
     for advantage in (_advantage(case), torch.zeros(case.mask.shape)):

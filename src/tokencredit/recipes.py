@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
+from tokencredit.masked import zero_outside
 from tokencredit.objective.aggregate import aggregation_weight, weighted_token_sum
 from tokencredit.registry import get, names
 from tokencredit.rollouts import Credit, Rollouts
@@ -77,14 +78,18 @@ class Recipe(BaseModel):
     def credit(self, rollouts: Rollouts, progress: float = 0.0) -> Credit:
         """Token rewards, then advantage `[B,T]`, weight `[B,T]` and keep `[B]`, all 0 outside mask."""
         mask = rollouts.mask
-        token_reward = get("shape", self.shape)(rollouts, **at_progress(self.shape_params, progress))
-        shaped = replace(rollouts, reward=token_reward)
+        shaped = rollouts
+        # every stage reads a [B] reward as the outcome shape's token rewards: skip building that [B,T] tensor
+        # (an empty response then keeps its reward in its group's statistics; the shape has nowhere to put it)
+        if not (self.shape == "outcome" and rollouts.reward.dim() == 1):
+            token_reward = get("shape", self.shape)(rollouts, **at_progress(self.shape_params, progress))
+            shaped = replace(rollouts, reward=token_reward)
         advantage = get("advantage", self.advantage)(shaped, **at_progress(self.advantage_params, progress))
-        advantage = advantage * mask
+        advantage = zero_outside(advantage, mask)
         weight = mask.float()
         if self.weight is not None:
             weight = get("weight", self.weight)(shaped, advantage, **at_progress(self.weight_params, progress))
-            weight = weight * mask
+            weight = zero_outside(weight, mask)
         keep = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device)
         if self.select is not None:
             keep = get("select", self.select)(shaped, advantage, **at_progress(self.select_params, progress))
@@ -162,6 +167,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # SPO-chain: Monte-Carlo segment values at low-probability cut points ("Segment Policy Optimization", 2025)
     "spo_chain": dict(advantage="spo_chain", agg="token_mean",
                       advantage_params={"threshold": 0.9, "interval": 5, "max_cuts": 25, "mc_samples": 9}),
+    # SPO-tree: edge values from a sampled tree of segments (same paper); each edge trained once, constant normaliser
+    "spo_tree": dict(advantage="spo_tree", agg="seq_mean_token_sum_norm",
+                     advantage_params={"branching": [6, 6, 6], "segment_tokens": 30, "mode": "rloo"}),
     # Forking tokens: DAPO on the top-20% entropy tokens ("Beyond the 80/20 Rule", Wang et al., 2025)
     "forking": dict(advantage="grpo", select="dynamic_filter", weight="forking_tokens", agg="token_mean",
                     weight_params={"top": 0.2}, objective_params={"clip_low": 0.2, "clip_high": 0.28}),

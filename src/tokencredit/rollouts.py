@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
+from tokencredit.masked import masked_sum, token_count
+
 _OPTIONAL_TOKEN_FIELDS = ("tokens", "logprob", "ref_logprob", "entropy", "value")
 
 
@@ -75,13 +77,13 @@ class Rollouts:
     @property
     def length(self) -> Tensor:
         """Number of real tokens per response, `[B]` int64."""
-        return self.mask.sum(-1)
+        return token_count(self.mask, -1)
 
     def sequence_reward(self) -> Tensor:
         """Reward per response `[B]` float32: the reward itself, or the sum of per-token rewards over `mask`."""
         if self.reward.dim() == 1:
             return self.reward.float()
-        return (self.reward.float() * self.mask).sum(-1)
+        return masked_sum(self.reward.float(), self.mask, -1)
 
     def select(self, rows: Tensor) -> Rollouts:
         """The sub-batch of the given rows (an index or bool tensor over B)."""

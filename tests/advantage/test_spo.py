@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -56,3 +57,64 @@ def test_values_come_from_the_continuation_scorer_contract():
     assert calls == [([[], [0, 1], [0, 1, 2, 3], [6]], 3)]  # the prefix *before* each cut token
     assert r.value[0, 2] == 0.2 and r.value[1, 1] == 0.1 and r.value[0, 1] == 0
     assert math.isclose(r.value[0, 4].item(), 0.4, rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ SPO-tree
+# a depth-2 tree (branching 2-2, segments of 2 tokens): root → A=[1,2], B=[7,8] → four leaves
+TREE = torch.tensor([[1, 2, 3, 9], [1, 2, 4, 9], [7, 8, 5, 9], [7, 8, 6, 9]])
+
+
+def tree_batch(reward=(1.0, 0.0, 1.0, 1.0), tokens=TREE, lengths=(4, 4, 4, 4), prob=0.5, group=(0, 0, 0, 0)):
+    mask = torch.arange(tokens.shape[1])[None, :] < torch.tensor(lengths)[:, None]
+    return tc.Rollouts(group=torch.tensor(group), mask=mask, reward=torch.tensor(reward), tokens=tokens,
+                       logprob=torch.full(tokens.shape, math.log(prob)) * mask)
+
+
+def spo_tree(r, **kw):
+    return tc.get("advantage", "spo_tree")(r, **{"branching": [2, 2], "segment_tokens": 2, **kw})
+
+
+def test_tree_edge_advantages_hand_computed():
+    # V(root) = 0.75, V(A) = 0.5, V(B) = 1; leaves 1, 0, 1, 1
+    expected = torch.tensor([[-0.25, -0.25, 0.5, 0.5], [-0.25, -0.25, -0.5, -0.5],
+                             [0.25, 0.25, 0.0, 0.0], [0.25, 0.25, 0.0, 0.0]])
+    torch.testing.assert_close(spo_tree(tree_batch(), dedup=False), expected)
+    # dedup: a shared edge is trained once, in the lowest-index leaf below it
+    deduped = expected.clone()
+    deduped[1, :2] = deduped[3, :2] = 0.0
+    torch.testing.assert_close(spo_tree(tree_batch()), deduped)
+    # grpo mode: divided by the std of the parent's children (root: std(0.5, 1); A: std(1, 0); B: std(1, 1) = 0)
+    s = 1 / math.sqrt(2)
+    grpo = torch.tensor([[-s, -s, s, s], [0, 0, -s, -s], [s, s, 0, 0], [0, 0, 0, 0]])
+    torch.testing.assert_close(spo_tree(tree_batch(), mode="grpo"), grpo, atol=1e-5, rtol=1e-5)
+
+
+def test_tree_leaf_that_ended_early_and_probability_mask():
+    # leaf 1 ended after one token of the second segment: its own leaf, one of the three leaves below A
+    tokens = torch.tensor([[1, 2, 3, 9], [1, 2, 4, 0], [1, 2, 5, 9]])
+    r = tree_batch(reward=(1.0, 1.0, 0.0), tokens=tokens, lengths=(4, 3, 4), group=(0, 0, 0))
+    adv = spo_tree(r, branching=[1, 3], dedup=False)
+    v_a = 2 / 3  # the root has one child, A, with the same leaves: its edge gets 0
+    torch.testing.assert_close(adv, torch.tensor([[0, 0, 1 - v_a, 1 - v_a], [0, 0, 1 - v_a, 0],
+                                                  [0, 0, -v_a, -v_a]]))
+    assert torch.count_nonzero(spo_tree(tree_batch(prob=0.95))) == 0  # every token sampled with p ≥ 0.9
+
+
+def test_depth_one_tree_is_a_plain_group():
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(5, 100, (12, 7), generator=gen)  # distinct rows
+    group = torch.tensor([0] * 5 + [3] * 4 + [9] * 3)
+    reward = (torch.rand(12, generator=gen) > 0.5).float()
+    lengths = torch.randint(1, 8, (12,), generator=gen).tolist()
+    r = tree_batch(reward=reward.tolist(), tokens=tokens, lengths=lengths, group=group.tolist())
+    kw = {"branching": [5], "segment_tokens": 3, "prob_mask": False}
+    torch.testing.assert_close(spo_tree(r, mode="grpo", **kw), tc.get("advantage", "grpo")(r))
+    torch.testing.assert_close(spo_tree(r, mode="rloo", **kw), tc.get("advantage", "dr_grpo")(r))
+
+
+def test_tree_degenerate_and_bad_input():
+    assert torch.count_nonzero(spo_tree(tree_batch(reward=(1.0, 1.0, 1.0, 1.0)), mode="grpo")) == 0
+    with pytest.raises(ValueError, match="mode"):
+        spo_tree(tree_batch(), mode="ppo")
+    with pytest.raises(ValueError, match=r"Rollouts\.tokens"):
+        spo_tree(replace(tree_batch(), tokens=None))

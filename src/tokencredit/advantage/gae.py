@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.discount import discounted_reverse_cumsum
-from tokencredit.masked import masked_whiten
+from tokencredit.masked import masked_whiten, zero_outside
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.shape.outcome import outcome
@@ -25,11 +25,11 @@ def gae_advantage_and_return(rollouts: Rollouts, gamma: float = 1.0, lam: float 
     if rollouts.value is None:
         raise ValueError("Rollouts.value: advantage 'gae' needs critic values of shape [B,T]; got None")
     mask = rollouts.mask
-    value = rollouts.value.float() * mask
+    value = zero_outside(rollouts.value.float(), mask)
     next_value = torch.nn.functional.pad(value[:, 1:], (0, 1))
-    delta = (outcome(rollouts) + gamma * next_value - value) * mask
-    advantage = discounted_reverse_cumsum(delta, gamma * lam) * mask
-    return advantage, (advantage + value) * mask
+    delta = zero_outside(outcome(rollouts) + gamma * next_value - value, mask)
+    advantage = zero_outside(discounted_reverse_cumsum(delta, gamma * lam), mask)
+    return advantage, advantage + value
 
 
 @register("advantage", "gae")

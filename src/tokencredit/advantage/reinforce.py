@@ -7,12 +7,13 @@ the whitening uses the unbiased variance over all response tokens of the batch, 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from tokencredit.advantage.group import broadcast
 from tokencredit.discount import discounted_reverse_cumsum
 from tokencredit.groups import group_stats
-from tokencredit.masked import masked_whiten
+from tokencredit.masked import last_index, masked_whiten
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.shape.outcome import outcome
@@ -21,9 +22,18 @@ from tokencredit.shape.outcome import outcome
 @register("advantage", "reinforce_pp")
 def reinforce_pp(rollouts: Rollouts, gamma: float = 1.0) -> Tensor:
     """`G_t = Σ_{k≥t} γ^{k−t} r_k` (token rewards from the `outcome` shape when rewards are per sequence),
-    then `A = whiten_batch(G)` over the response tokens."""
-    returns = discounted_reverse_cumsum(outcome(rollouts), gamma)
-    return masked_whiten(returns, rollouts.mask)
+    then `A = whiten_batch(G)` over the response tokens.
+
+    A per-sequence reward R sits on the last token L, so there `G_t = γ^{L−t}·R` in closed form (no cumsum)."""
+    mask = rollouts.mask
+    if rollouts.reward.dim() == 2:
+        returns = discounted_reverse_cumsum(outcome(rollouts), gamma)
+    elif gamma == 1.0:
+        returns = broadcast(rollouts.reward.float(), mask)
+    else:
+        steps = last_index(mask)[:, None] - torch.arange(mask.shape[1], device=mask.device)
+        returns = rollouts.reward.float()[:, None] * torch.pow(gamma, steps.clamp(min=0))
+    return masked_whiten(returns, mask)
 
 
 @register("advantage", "reinforce_pp_baseline")

@@ -1,7 +1,9 @@
-"""SPO-chain: segment advantages from Monte-Carlo values at low-probability cut points.
+"""SPO: segment advantages, V(end of segment) − V(start of segment), from Monte-Carlo values.
 
 Source: "Segment Policy Optimization: Effective Segment-Level Credit Assignment in RL for Large Language
-Models" (Guo et al., NeurIPS 2025), chain variant (card `specs/rlvr.md` §8, from the authors' code).
+Models" (Guo et al., NeurIPS 2025), chain and tree variants (card `specs/rlvr.md` §8, from the authors' code).
+
+SPO-chain (one response per prompt, values from extra continuations):
 
     cut points   positions c with π_old(o_c) < τ (τ = 0.9), every k-th of them (k = `interval`, the first one
                  kept), at most `max_cuts` per response; the state of a cut is the prefix *before* o_c
@@ -14,6 +16,10 @@ Models" (Guo et al., NeurIPS 2025), chain variant (card `specs/rlvr.md` §8, fro
 The values come from extra generation, so they are computed outside the pure advantage function: the trainer
 (or any caller) fills `Rollouts.value` with `spo_chain_values(...)` (V at the cut positions, 0 elsewhere) and
 the `spo_chain` advantage reads them.
+
+SPO-tree (a deliberately sampled tree per prompt, `tokencredit.sampling.sample_segment_tree`): every leaf is a
+row of the batch, and the node values are the leaf means of the group's prefix tree (`tokencredit.tree`), so
+`spo_tree` is a pure function of the leaves' tokens and rewards.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from tokencredit.groups import group_stats
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
+from tokencredit.tree import prefix_node_ids, prefix_tree, require_tokens
 
 if TYPE_CHECKING:  # generation backends stay out of `import tokencredit`
     from tokencredit.sampling.continuation import ContinuationScorer
@@ -84,17 +92,114 @@ def spo_chain(
     if rollouts.value is None:
         raise ValueError("Rollouts.value: advantage 'spo_chain' needs Monte-Carlo values at the cut points "
                          "(fill them with tokencredit.advantage.spo.spo_chain_values); got None")
-    mask = rollouts.mask
-    b, t = mask.shape
     cuts = spo_cutpoints(rollouts, threshold, interval, max_cuts)
+    advantage = segment_advantage(cuts, rollouts.value.float() * cuts, rollouts.sequence_reward(), rollouts.mask)
+    return _probability_mask(advantage, rollouts, threshold) if prob_mask else advantage
+
+
+def segment_advantage(cuts: Tensor, cut_value: Tensor, terminal: Tensor, mask: Tensor) -> Tensor:
+    """`[B,T]`: token t in segment `[c_j, c_{j+1})` gets `V(c_{j+1}) − V(c_j)`, where `c` are the `cuts [B,T]`,
+    `V(c) = cut_value[b, c]` and the value after the last cut is `terminal [B]`. Tokens before the first cut,
+    and outside `mask`, get 0."""
+    b, t = mask.shape
     pos = torch.arange(t, device=mask.device).expand(b, t)
     # segment start: the last cut at or before t (−1: none); next boundary: the first cut after t (t: the end)
     start = torch.where(cuts, pos, -1).cummax(-1).values
     nxt = torch.where(cuts, pos, t).flip(-1).cummin(-1).values.flip(-1)
     nxt = torch.nn.functional.pad(nxt[:, 1:], (0, 1), value=t)
-    value = torch.cat([rollouts.value.float() * cuts, rollouts.sequence_reward()[:, None]], dim=1)  # [B,T+1]
+    value = torch.cat([cut_value, terminal.float()[:, None]], dim=1)  # [B,T+1]
     advantage = value.gather(1, nxt) - value.gather(1, start.clamp(min=0))
-    advantage = torch.where((start >= 0) & mask, advantage, 0.0)
-    if prob_mask:
-        advantage = torch.where(rollouts.logprob.exp() < threshold, advantage, 0.0)
-    return advantage
+    return torch.where((start >= 0) & mask, advantage, 0.0)
+
+
+def _probability_mask(advantage: Tensor, rollouts: Rollouts, threshold: float) -> Tensor:
+    """Zero the advantage of tokens the behaviour policy sampled with probability ≥ `threshold`."""
+    if rollouts.logprob is None:
+        raise ValueError("Rollouts.logprob: SPO's probability mask needs behaviour log-probs [B,T]; got None "
+                         "(or pass prob_mask=False)")
+    return torch.where(rollouts.logprob.exp() < threshold, advantage, 0.0)
+
+
+@register("advantage", "spo_tree")
+def spo_tree(
+    rollouts: Rollouts,
+    branching: Sequence[int] = (6, 6, 6),
+    segment_tokens: int = 30,
+    mode: str = "rloo",
+    threshold: float = 0.9,
+    prob_mask: bool = True,
+    dedup: bool = True,
+    eps: float = 1e-6,
+) -> Tensor:
+    """SPO-tree edge advantages `[B,T]` for the leaves of sampled segment trees (one tree per group).
+
+    A tree of depth D = len(branching) branches at the cuts `c_j = j·segment_tokens`, j < D: each edge below
+    the root and above the last level is a segment of `segment_tokens` tokens, the last segment runs to EOS
+    (`sample_segment_tree` draws such trees). For leaf row i and its segment j (tokens `[c_j, c_{j+1})`):
+
+        V(n)      = mean reward of the leaves below node n (the group's prefix-tree value, `tokencredit.tree`)
+        A_{i,t}   = V(child_j) − V(parent_j)                               mode "rloo"
+        A_{i,t}   = (V(child_j) − V(parent_j)) / (std_{c ∈ children(parent_j)} V(c) + ε)   mode "grpo"
+
+    `parent_j` is the node at `c_j` (the root for j = 0), `child_j` the node at the segment's end (the leaf for
+    the last segment, or when the response ended early). Choices:
+
+    * Nodes are prefixes of token ids: two sampled siblings with identical segments are one node, and a leaf
+      that ended early counts as one leaf in its ancestors' means (the card's leaf mean; not re-weighted).
+    * `std` is the unbiased std over the distinct children; a parent whose children's std is ≤ ε (one child,
+      or equal values) gives advantage 0.
+    * `dedup=True`: the leaves below an edge all contain its tokens; only the first such row (lowest index)
+      carries the edge's advantage, the others get 0, so every edge is trained once as in SPO's episodes.
+      Pair it with a constant-normaliser aggregation (`seq_mean_token_sum_norm`, the preset's choice) so the
+      zeroed copies do not rescale the loss.
+    * `prob_mask=True` (inherited from SPO-chain): tokens with `π_old(o_t) ≥ threshold` get 0.
+    * Depth 1 (`branching=(G,)`) is a plain group of G samples: mode "grpo" equals the `grpo` advantage and
+      mode "rloo" the `dr_grpo` advantage (mean baseline), when the G responses are distinct.
+    """
+    tokens = require_tokens(rollouts, "advantage spo_tree")
+    if mode not in ("rloo", "grpo"):
+        raise ValueError(f"mode: expected 'rloo' or 'grpo', got {mode!r}")
+    depth = len(branching)
+    if depth < 1 or segment_tokens < 1:
+        raise ValueError(f"branching, segment_tokens: expected a non-empty list and >= 1, got {list(branching)}, "
+                         f"{segment_tokens}")
+    mask, group = rollouts.mask, rollouts.group
+    b, t = mask.shape
+    if b == 0 or t == 0:
+        return torch.zeros(b, t, device=mask.device)
+    tree = prefix_tree(tokens, mask, group, rollouts.sequence_reward())
+    # per (row, segment j): where the segment starts and ends, and whether the row reaches it
+    start = (torch.arange(depth, device=mask.device) * segment_tokens).clamp(max=t).expand(b, depth)
+    end = torch.cat([start[:, 1:], start.new_full((b, 1), t)], dim=1).minimum(tree.length[:, None])  # exclusive
+    present = start < tree.length[:, None]  # [B,D]
+    last = (end - 1).clamp(min=0)
+    child_value = tree.value_after.gather(1, last)
+    parent_value = tree.value_before.gather(1, start.clamp(max=t - 1))
+    edge = torch.where(present, child_value - parent_value, 0.0)
+    if mode == "grpo" or dedup:
+        node = prefix_node_ids(tokens, mask, group)
+        child = torch.where(present, node.gather(1, last), -1)
+    if mode == "grpo":
+        # the parent of segment j is the node after token c_j − 1 (the root of the group for j = 0)
+        parent = torch.where(start > 0, node.gather(1, (start - 1).clamp(min=0)), -1 - group.long()[:, None])
+        std = _children_std(parent, child, child_value, present)
+        edge = torch.where(std > eps, edge / (std + eps), 0.0)  # float noise must not be amplified by 1/ε
+    if dedup:
+        rows = torch.arange(b, device=mask.device)[:, None].expand(b, depth)
+        owner = torch.full((b * t,), b, dtype=torch.long, device=mask.device)
+        owner.scatter_reduce_(0, child[present], rows[present], "amin")
+        edge = torch.where(present & (owner[child.clamp(min=0)] == rows), edge, 0.0)
+    segment = (torch.arange(t, device=mask.device) // segment_tokens).clamp(max=depth - 1)
+    advantage = torch.where(mask, edge.gather(1, segment.expand(b, t)), 0.0)
+    return _probability_mask(advantage, rollouts, threshold) if prob_mask else advantage
+
+
+def _children_std(parent: Tensor, child: Tensor, child_value: Tensor, present: Tensor) -> Tensor:
+    """Unbiased std `[B,D]` over the distinct children of each (row, segment)'s parent node (0 elsewhere)."""
+    pairs = torch.stack([parent[present], child[present]], dim=-1)
+    distinct, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    value = torch.zeros(len(distinct), device=child_value.device).scatter_(0, inverse, child_value[present])
+    _, std, _ = group_stats(value, distinct[:, 0])
+    out = torch.zeros(child_value.shape, device=child_value.device)
+    out[present] = std[inverse]
+    return out

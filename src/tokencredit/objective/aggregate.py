@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.groups import group_index, group_sum
+from tokencredit.masked import masked_sum, token_count
 from tokencredit.registry import register
 
 Count = int | float | Tensor | None
@@ -30,21 +31,21 @@ def _count(default: Tensor, given: Count) -> Tensor:
 
 def _num_seqs(mask: Tensor, num_seqs: Count) -> Tensor:
     """Responses that have at least one token (dropped or empty rows do not dilute the mean)."""
-    return _count(mask.any(-1).sum(), num_seqs)
+    return _count(token_count(mask, -1).gt(0).sum(), num_seqs)
 
 
 def token_mean_weight(mask: Tensor, *, num_tokens: Count = None, **_unused) -> Tensor:
     """token_mean (DAPO): `L = Σ_{i,t} ℓ_{i,t} / Σ_i |o_i|`, i.e. `c_i = 1/N_tokens`.
 
     Source: "DAPO: An Open-Source LLM Reinforcement Learning System at Scale" (Yu et al., 2025)."""
-    return _count(mask.sum(), num_tokens).expand(mask.shape[0]) ** -1
+    return _count(token_count(mask), num_tokens).expand(mask.shape[0]) ** -1
 
 
 def seq_mean_token_mean_weight(mask: Tensor, *, num_seqs: Count = None, **_unused) -> Tensor:
     """seq_mean_token_mean (GRPO): `L = (1/N) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}`, `c_i = 1/(N·|o_i|)`.
 
     Source: "DeepSeekMath" (Shao et al., 2024). N counts responses with at least one token."""
-    return 1.0 / (_num_seqs(mask, num_seqs) * mask.sum(-1).clamp(min=1))
+    return 1.0 / (_num_seqs(mask, num_seqs) * token_count(mask, -1).clamp(min=1))
 
 
 def seq_mean_token_sum_weight(mask: Tensor, *, num_seqs: Count = None, **_unused) -> Tensor:
@@ -87,11 +88,11 @@ def balanced_weight(
         raise ValueError("advantage: aggregation 'balanced' needs advantage=[B,T] (or seq_weight=[B])")
     if denominator not in ("signed", "group"):
         raise ValueError(f"denominator: expected 'signed' or 'group', got {denominator!r}")
-    sign = torch.sign((advantage * mask).sum(-1))
+    sign = torch.sign(masked_sum(advantage, mask, -1))
     if group is None:
         group = torch.zeros_like(sign, dtype=torch.int64)
     index, g = group_index(group)
-    length = mask.sum(-1).float()
+    length = token_count(mask, -1).float()
     pos, neg = (sign > 0).float(), (sign < 0).float()
     n_pos, n_neg = group_sum(pos, index, g), group_sum(neg, index, g)
     tok_pos, tok_neg = group_sum(pos * length, index, g), group_sum(neg * length, index, g)
@@ -122,7 +123,7 @@ def aggregation_weight(name: str, mask: Tensor, **params) -> Tensor:
 
 def weighted_token_sum(loss: Tensor, mask: Tensor, seq_weight: Tensor) -> Tensor:
     """`Σ_i c_i Σ_t m_{i,t} ℓ_{i,t}` — the one reduction every aggregation is."""
-    return ((loss * mask).sum(-1) * seq_weight).sum()
+    return (masked_sum(loss, mask, -1) * seq_weight).sum()
 
 
 def _register(name: str, weight_fn: Callable[..., Tensor]) -> None:

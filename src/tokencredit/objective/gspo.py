@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tokencredit.masked import masked_sum, token_count
 from tokencredit.objective.reduce import clipped_surrogate, log_ratio, ratio_stats, reduce_policy_loss
 from tokencredit.registry import register
 
@@ -31,7 +32,7 @@ def gspo(
     Source: "Group Sequence Policy Optimization" (Zheng et al., 2025); defaults ε = 3e-4 / 4e-4 (paper §5.1).
     """
     log_r = log_ratio(logprob, old_logprob)
-    seq_log_r = (log_r * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    seq_log_r = masked_sum(log_r, mask, -1) / token_count(mask, -1).clamp(min=1)
     log_s = seq_log_r.detach()[:, None] + logprob - logprob.detach()
     per_token, stats = clipped_surrogate(
         torch.exp(log_s.clamp(max=20.0)), advantage, mask, clip_low, clip_high, None

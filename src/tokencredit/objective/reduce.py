@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tokencredit.masked import masked_mean
+from tokencredit.masked import masked_mean, token_count, zero_outside
 from tokencredit.registry import get
 
 
@@ -28,7 +28,7 @@ def reduce_policy_loss(
     loss = get("aggregate", agg)(
         per_token, mask, advantage=advantage, group=group, seq_weight=seq_weight, **agg_params
     )
-    stats["tokens"] = mask.sum().float()
+    stats["tokens"] = token_count(mask).float()
     stats["advantage_mean"] = masked_mean(advantage, mask).detach()
     return loss, {k: v.detach() for k, v in stats.items()}
 
@@ -69,5 +69,5 @@ def ratio_stats(log_r: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """`approx_kl` = mean k3(π_old ‖ π_θ) and the largest |r − 1| over the mask (1e-4 at the first on-policy
     epoch is the trainer's correctness check)."""
     ratio = log_r.exp()
-    dev = ((ratio - 1.0).abs() * mask).amax() if mask.any() else ratio.new_zeros(())
+    dev = zero_outside((ratio - 1.0).abs(), mask).amax() if mask.numel() else ratio.new_zeros(())
     return {"approx_kl": masked_mean(torch.expm1(-log_r) + log_r, mask), "ratio_max_dev": dev}

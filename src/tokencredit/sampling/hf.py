@@ -80,15 +80,17 @@ class TransformersSampler:
         return self._generate(prompt_ids, prompt_mask, greedy, max_new_tokens)
 
     @torch.no_grad()
-    def continue_from(self, prompts: list[str], prefixes: list[list[int]], k: int) -> Samples:
-        """k continuations of each response prefix (token ids after the prompt), `N·k` rows, prompt-major.
+    def continue_from(self, prompts: list[str], prefixes: list[list[int]], k: int,
+                      max_new_tokens: int | None = None) -> Samples:
+        """k continuations of each response prefix (token ids after the prompt), `N·k` rows, prompt-major,
+        of at most `max_new_tokens` tokens (default: the sampler's).
 
         The returned `response_*` tensors hold the continuation only; `texts` hold prefix + continuation, the
         whole response a verifier scores."""
         encoded = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
         rows = [list(p) + list(x) for p, x in zip(encoded, prefixes) for _ in range(k)]
         ids, mask = self._left_pad(rows)
-        out = self._generate(ids, mask, greedy=False, max_new_tokens=None)
+        out = self._generate(ids, mask, greedy=False, max_new_tokens=max_new_tokens)
         heads = self.tokenizer.batch_decode([list(x) for x in prefixes for _ in range(k)], skip_special_tokens=True)
         out.texts = [h + t for h, t in zip(heads, out.texts)]
         return out
@@ -132,6 +134,19 @@ class TransformersSampler:
         )
 
 
+def prompt_response_inputs(prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor) -> dict[str, Tensor]:
+    """`input_ids`, `attention_mask` and `position_ids` `[N,P+T]` of left-padded prompts followed by responses.
+
+    Position ids follow `generate`'s rule (`cumsum(attention) − 1`, pads clamped to 0), so a forward pass over
+    these inputs sees the same positions as at sampling. The hidden state at position `P − 1 + t` is the
+    one that predicts response token t (the last prompt position for t = 0).
+    """
+    attention = torch.cat([prompt_mask, torch.ones_like(response_ids, dtype=torch.bool)], dim=1).long()
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids}
+
+
 def policy_logprob(
     model: PreTrainedModel,
     prompt_ids: Tensor,
@@ -141,14 +156,10 @@ def policy_logprob(
 ) -> tuple[Tensor, Tensor]:
     """Recompute the policy's log-probs and entropies of `response_ids` in one forward pass (with grad).
 
-    Position ids follow `generate`'s rule (`cumsum(attention) − 1` over the left-padded prompt followed by the
-    response), so the result describes the same distribution as at sampling.
+    Inputs and position ids come from `prompt_response_inputs` (`generate`'s rule), so the result describes
+    the same distribution as at sampling.
     """
-    attention = torch.cat([prompt_mask, torch.ones_like(response_ids, dtype=torch.bool)], dim=1).long()
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     t = response_ids.shape[1]
     # logits only at the positions that predict response tokens (the last T+1, minus the final one)
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                   logits_to_keep=t + 1).logits
+    logits = model(**prompt_response_inputs(prompt_ids, prompt_mask, response_ids), logits_to_keep=t + 1).logits
     return token_logprob_entropy(logits[:, :-1], response_ids, temperature)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from tokencredit.masked import masked_sum
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 
@@ -12,4 +13,4 @@ from tokencredit.rollouts import Rollouts
 def negative_samples(rollouts: Rollouts, advantage: Tensor) -> Tensor:
     """`keep_i = 1[Σ_t A_{i,t} < 0]`. With the `negative_only` objective this makes the loss normaliser count
     negative responses only (the alternative the GRPO-N card asks to expose); see `negative_only`."""
-    return (advantage * rollouts.mask).sum(-1) < 0
+    return masked_sum(advantage, rollouts.mask, -1) < 0
