@@ -5,10 +5,12 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import tokencredit as tc
@@ -51,6 +53,24 @@ def methods() -> None:
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
+
+
+TASK_PARAM_HELP = "task option key=value (repeatable; JSON values, else text), e.g. --task-param mistake_rate=0.1"
+
+
+def _task_params(items: list[str]) -> dict[str, Any]:
+    """`--task-param key=value` items as `make_task` options: each value parsed as JSON (0.6, [1, 9], true),
+    falling back to the raw text."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--task-param: expected key=value, got {item!r}")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value
+    return params
 
 
 @app.command()
@@ -114,6 +134,7 @@ def train(
 def evaluate_checkpoint(
     checkpoint: Path = typer.Option(..., exists=True, file_okay=False, help="a transformers model folder"),
     task: str = typer.Option("chain_sum", help="task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH"),
+    task_param: list[str] = typer.Option([], "--task-param", help=TASK_PARAM_HELP),
     size: int = typer.Option(200, min=1, help="held-out examples"),
     pass_k: int = typer.Option(4, min=1, help="samples per prompt for pass@k"),
     temperature: float = typer.Option(1.0, min=1e-6),
@@ -127,14 +148,125 @@ def evaluate_checkpoint(
     from tokencredit.train.evaluate import evaluate
     from tokencredit.train.trainer import EVAL_SEED_OFFSET
 
+    params = _task_params(task_param)
     try:
-        the_task = make_task(task)
+        the_task = make_task(task, **params)
         model, tokenizer = load_model(checkpoint)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
     held_out = examples(the_task, size, seed=seed + EVAL_SEED_OFFSET)
     console.print_json(json.dumps(evaluate(sampler, the_task, held_out, pass_k=pass_k)))
+
+
+@app.command()
+def critical(
+    checkpoint: Path = typer.Option(..., exists=True, file_okay=False, help="a transformers model folder"),
+    task: str = typer.Option("chain_sum", help="task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH"),
+    task_param: list[str] = typer.Option([], "--task-param", help=TASK_PARAM_HELP),
+    prompts: int = typer.Option(16, min=1, help="held-out prompts (one sampled response each)"),
+    k: int = typer.Option(64, min=1, help="continuations sampled per prefix"),
+    mode: str = typer.Option("scan", help="scan: every prefix (the paper); binary: bisection, assumes one collapse"),
+    temperature: float = typer.Option(1.0, min=1e-6),
+    max_new_tokens: int = typer.Option(48, min=1, help="token budget of a response and of each continuation"),
+    seed: int = typer.Option(0, help="the training seed (selects the same held-out set as training)"),
+    out: Path = typer.Option(Path("critical_tokens.jsonl"), help="one JSON line per failed response"),
+) -> None:
+    """Critical tokens of a checkpoint's failed responses: where sampled continuations stop succeeding (cDPO)."""
+    import torch
+
+    from tokencredit.analysis import critical_tokens
+    from tokencredit.analysis.critical_tokens import MODES
+    from tokencredit.models import load_model
+    from tokencredit.rewards import safe_score
+    from tokencredit.sampling import TransformersSampler
+    from tokencredit.sampling.continuation import TaskContinuations
+    from tokencredit.tasks import examples, make_task
+    from tokencredit.train.trainer import EVAL_SEED_OFFSET
+
+    params = _task_params(task_param)
+    if mode not in MODES:
+        _fail(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    try:
+        the_task = make_task(task, **params)
+        model, tokenizer = load_model(checkpoint)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    torch.manual_seed(seed)
+    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    held_out = examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
+    with console.status(f"sampling {prompts} responses"):
+        sampled = sampler.sample([e.prompt for e in held_out])
+        rewards, _ = safe_score(the_task, sampled.texts, held_out)
+    failed = [i for i in range(prompts) if rewards[i] <= 0.5]
+    content = sampled.response_mask & (sampled.response_ids != tokenizer.eos_token_id)
+    responses = [sampled.response_ids[i][content[i]].tolist() for i in failed]
+    scorer = TaskContinuations(sampler, the_task)
+    total = sum(len(r) + 1 for r in responses) if mode == "scan" else None  # bisection's probe count is not known
+    with _progress() as progress:
+        bar = progress.add_task(f"prefixes × {k} continuations", total=total)
+        results = critical_tokens(_advancing(scorer, progress, bar), [held_out[i] for i in failed], responses,
+                                  k=k, mode=mode)
+    rows = [_critical_row(held_out[i], sampled.texts[i], tokens, result, tokenizer, mode, k)
+            for i, tokens, result in zip(failed, responses, results)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    console.print(_critical_table(rows, tokenizer, mode, k))
+    found = sum(r["index"] is not None for r in rows)
+    console.print(f"{len(failed)} of {prompts} responses failed, {found} with a critical token; "
+                  f"{sum(r['samples'] for r in rows)} continuations sampled; wrote {escape(str(out))}")
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+def _advancing(scorer, progress, bar):
+    """`scorer` called on one generate batch of prefixes at a time, each advancing the progress bar."""
+    import torch
+
+    def scored(exs, prefixes, k):
+        step = max(1, scorer.batch_size // k)
+        parts = []
+        for start in range(0, len(prefixes), step):
+            parts.append(scorer(exs[start : start + step], prefixes[start : start + step], k))
+            progress.advance(bar, len(parts[-1]))
+        return torch.cat(parts)
+
+    return scored
+
+
+def _critical_row(example, text: str, tokens: list[int], result, tokenizer, mode: str, k: int) -> dict[str, Any]:
+    """The JSON line of one failed response (fields documented in docs/critical.md)."""
+    token = None if result.index is None else tokenizer.decode(tokens[result.index : result.index + 1])
+    return {"prompt": example.prompt, "answer": example.answer, "response": text, "tokens": tokens,
+            "critical_token": token, "mode": mode, "k": k, **result.to_dict()}
+
+
+def _critical_table(rows: list[dict[str, Any]], tokenizer, mode: str, k: int) -> Table:
+    table = Table(title=f"critical tokens ({mode}, k={k}): success rate c of continuations from each state")
+    for column in ("prompt", "response (critical token highlighted)", "t*", "c prompt", "c before", "c after"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(escape(row["prompt"]), _highlighted(row["tokens"], row["index"], tokenizer),
+                      str(row["index"] if row["index"] is not None else "–"),
+                      *(_rate(row[key]) for key in ("prompt_rate", "rate_before", "rate_after")))
+    return table
+
+
+def _highlighted(tokens: list[int], index: int | None, tokenizer) -> str:
+    """Rich markup of the response with token `index` in bold on red (a newline token shown as ↵)."""
+    if index is None:
+        return escape(tokenizer.decode(tokens, skip_special_tokens=True))
+    head, token, tail = (tokenizer.decode(part, skip_special_tokens=True)
+                         for part in (tokens[:index], tokens[index : index + 1], tokens[index + 1 :]))
+    shown = token.replace("\n", "↵\n")
+    return f"{escape(head)}[bold white on red]{escape(shown)}[/]{escape(tail)}"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":
