@@ -20,13 +20,13 @@ def discounted_reverse_cumsum(x: Tensor, gamma: float) -> Tensor:
     b, t = x.shape
     c = min(_CHUNK, max(t, 1))
     n = -(-t // c)
-    xp = torch.nn.functional.pad(x, (0, n * c - t)).view(b, n, c)
+    xp = (x if n * c == t else torch.nn.functional.pad(x, (0, n * c - t))).reshape(b, n, c)
     within = xp @ _discount_matrix(c, gamma, x).T  # [B,n,C]: sums that stop at the chunk end
     starts = within[:, :, 0] @ _discount_matrix(n, gamma**c, x).T  # full sums at each chunk start
     after = torch.nn.functional.pad(starts[:, 1:], (0, 1))  # value entering each chunk from the right
     pos = torch.arange(c, device=x.device, dtype=x.dtype)
-    y = within + after[:, :, None] * gamma ** (c - pos)
-    return y.reshape(b, n * c)[:, :t]
+    y = within.add_(after[:, :, None] * gamma ** (c - pos))
+    return y.view(b, n * c)[:, :t]
 
 
 def _discount_matrix(n: int, gamma: float, like: Tensor) -> Tensor:

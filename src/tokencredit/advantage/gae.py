@@ -26,9 +26,11 @@ def gae_advantage_and_return(rollouts: Rollouts, gamma: float = 1.0, lam: float 
         raise ValueError("Rollouts.value: advantage 'gae' needs critic values of shape [B,T]; got None")
     mask = rollouts.mask
     value = zero_outside(rollouts.value.float(), mask)
-    next_value = torch.nn.functional.pad(value[:, 1:], (0, 1))
-    delta = zero_outside(outcome(rollouts) + gamma * next_value - value, mask)
-    advantage = zero_outside(discounted_reverse_cumsum(delta, gamma * lam), mask)
+    delta = torch.zeros_like(value)  # built in place: this runs on [B,T]
+    delta[:, :-1] = value[:, 1:]
+    delta.mul_(gamma).sub_(value).add_(outcome(rollouts))
+    advantage = discounted_reverse_cumsum(zero_outside(delta, mask), gamma * lam)
+    advantage = torch.where(mask, advantage, advantage.new_zeros(()), out=advantage)
     return advantage, advantage + value
 
 
