@@ -75,15 +75,18 @@ class Recipe(BaseModel):
             raise ValueError("kl: kl_coef > 0 needs an estimator name, one of " + str(names("kl")))
         return self
 
+    def shaped(self, rollouts: Rollouts, progress: float = 0.0) -> Rollouts:
+        """`rollouts` with the shape stage's token rewards as `reward`."""
+        # every stage reads a [B] reward as the outcome shape's token rewards: skip building that [B,T] tensor
+        # (an empty response then keeps its reward in its group's statistics; the shape has nowhere to put it)
+        if self.shape == "outcome" and rollouts.reward.dim() == 1:
+            return rollouts
+        return replace(rollouts, reward=get("shape", self.shape)(rollouts, **at_progress(self.shape_params, progress)))
+
     def credit(self, rollouts: Rollouts, progress: float = 0.0) -> Credit:
         """Token rewards, then advantage `[B,T]`, weight `[B,T]` and keep `[B]`, all 0 outside mask."""
         mask = rollouts.mask
-        shaped = rollouts
-        # every stage reads a [B] reward as the outcome shape's token rewards: skip building that [B,T] tensor
-        # (an empty response then keeps its reward in its group's statistics; the shape has nowhere to put it)
-        if not (self.shape == "outcome" and rollouts.reward.dim() == 1):
-            token_reward = get("shape", self.shape)(rollouts, **at_progress(self.shape_params, progress))
-            shaped = replace(rollouts, reward=token_reward)
+        shaped = self.shaped(rollouts, progress)
         advantage = get("advantage", self.advantage)(shaped, **at_progress(self.advantage_params, progress))
         advantage = zero_outside(advantage, mask)
         weight = mask.float()

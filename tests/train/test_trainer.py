@@ -143,16 +143,20 @@ def test_jsonl_task_trains_with_math_verify(tmp_path):
     assert summary["finished"]
 
 
-def test_gae_preset_is_refused_clearly(tmp_path):
-    with pytest.raises(ValueError, match="critic"):
-        Trainer(tiny_config(tmp_path / "run", "recipe=ppo"))
-
-
 def test_spo_chain_trains_with_continuations(tmp_path):
     summary = train(tiny_config(tmp_path / "run", "recipe=spo_chain", "sft.steps=0", "rl.steps=1",
                                 "recipe_overrides.advantage_params.mc_samples=2",
                                 "recipe_overrides.advantage_params.interval=3"))
     assert summary["finished"]
+
+
+def test_spo_tree_trains_on_sampled_trees(tmp_path):
+    summary = train(tiny_config(tmp_path / "run", "recipe=spo_tree", "sft.steps=0", "rl.steps=1",
+                                "recipe_overrides.advantage_params.branching=[3, 2]",
+                                "recipe_overrides.advantage_params.segment_tokens=4"))
+    rl = next(r for r in _records(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "rl")
+    # the leaves' behaviour log-probs, concatenated from the segments, are the policy's own
+    assert summary["finished"] and rl["first_epoch_ratio_max_dev"] <= 1e-4
 
 
 def test_step_with_every_group_dropped_is_skipped(tmp_path):

@@ -120,11 +120,15 @@ def _probability_mask(advantage: Tensor, rollouts: Rollouts, threshold: float) -
     return torch.where(rollouts.logprob.exp() < threshold, advantage, 0.0)
 
 
+SPO_TREE_BRANCHING = (6, 6, 6)  # the paper's tree: depth 3, six children per node
+SPO_TREE_SEGMENT_TOKENS = 30  # its GSM8K segment length
+
+
 @register("advantage", "spo_tree")
 def spo_tree(
     rollouts: Rollouts,
-    branching: Sequence[int] = (6, 6, 6),
-    segment_tokens: int = 30,
+    branching: Sequence[int] = SPO_TREE_BRANCHING,
+    segment_tokens: int = SPO_TREE_SEGMENT_TOKENS,
     mode: str = "rloo",
     threshold: float = 0.9,
     prob_mask: bool = True,

@@ -1,6 +1,6 @@
-"""Checkpoints: model (safetensors via `save_pretrained`), optimizer and RNG state (safetensors), step and
-small state (JSON), written to a temporary folder and renamed into place so a kill never leaves half a
-checkpoint. `latest` names the newest complete one."""
+"""Checkpoints: model (safetensors via `save_pretrained`), the critic if any (`critic/`, likewise), optimizer and
+RNG state (safetensors), step and small state (JSON), written to a temporary folder and renamed into place so a
+kill never leaves half a checkpoint. `latest` names the newest complete one."""
 
 from __future__ import annotations
 
@@ -13,14 +13,20 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
 
 LATEST = "latest"
+CRITIC = "critic"  # subfolder of the critic model
+# optimizer states: key in trainer_state.json → tensor-name prefix in trainer_state.safetensors
+_OPTIMIZERS = {"optimizer": "optim", "critic_optimizer": "critic_optim"}
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_tensors(
+    optimizer: torch.optim.Optimizer, prefix: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors = {
-        f"optim.{idx}.{name}": value.detach().clone().contiguous()
+        f"{prefix}.{idx}.{name}": value.detach().clone().contiguous()
         for idx, entry in state["state"].items()
         for name, value in entry.items()
         if isinstance(value, torch.Tensor)
@@ -28,10 +34,12 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "state_keys": sorted(state["state"])}
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict, prefix: str
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {int(k): {} for k in meta["state_keys"]}
     for key, value in tensors.items():
-        if key.startswith("optim."):
+        if key.startswith(prefix + "."):
             _, idx, name = key.split(".", 2)
             state[int(idx)][name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
@@ -46,6 +54,9 @@ def save_checkpoint(
     task_rng: random.Random,
     state: dict[str, Any],
     keep: int = 2,
+    *,
+    critic: PreTrainedModel | None = None,
+    critic_optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
     """Write checkpoint `root/name` atomically and point `root/latest` at it."""
     root.mkdir(parents=True, exist_ok=True)
@@ -53,10 +64,15 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tensors, optim_meta = _optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
+    if critic is not None:
+        critic.save_pretrained(tmp / CRITIC)
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"state": state, "task_rng": _rng_to_json(task_rng.getstate())}
+    for (key, prefix), optim in zip(_OPTIMIZERS.items(), (optimizer, critic_optimizer)):
+        optim_tensors, meta[key] = _optimizer_tensors(optim, prefix) if optim is not None else ({}, None)
+        tensors.update(optim_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "trainer_state.safetensors"))
-    meta = {"state": state, "optimizer": optim_meta, "task_rng": _rng_to_json(task_rng.getstate())}
     (tmp / "trainer_state.json").write_text(json.dumps(meta))
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
@@ -77,13 +93,18 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_trainer_state(
-    path: Path, optimizer: torch.optim.Optimizer | None, task_rng: random.Random
+    path: Path,
+    optimizer: torch.optim.Optimizer | None,
+    task_rng: random.Random,
+    critic_optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, Any]:
-    """Restore optimizer, torch RNG and task RNG from checkpoint `path`; returns the saved `state` dict."""
+    """Restore the optimizers (those given, where the checkpoint has their state), torch RNG and task RNG from
+    checkpoint `path`; returns the saved `state` dict. The critic model itself loads from `path / CRITIC`."""
     tensors = load_file(str(path / "trainer_state.safetensors"))
     meta = json.loads((path / "trainer_state.json").read_text())
-    if optimizer is not None and meta["optimizer"] is not None:
-        _restore_optimizer(optimizer, tensors, meta["optimizer"])
+    for (key, prefix), optim in zip(_OPTIMIZERS.items(), (optimizer, critic_optimizer)):
+        if optim is not None and meta.get(key) is not None:
+            _restore_optimizer(optim, tensors, meta[key], prefix)
     torch.set_rng_state(tensors["rng.torch"])
     task_rng.setstate(_rng_from_json(meta["task_rng"]))
     return meta["state"]

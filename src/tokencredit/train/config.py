@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -43,6 +43,18 @@ class RLConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
 
 
+class CriticConfig(_Strict):
+    """The value model of recipes with advantage `gae` (preset `ppo`); every other recipe ignores this section."""
+
+    target: Literal["return", "tvm"] = Field(
+        "return", description="return: GAE returns A_t + V_t; tvm: success rate of the group's responses sharing "
+                              "the prefix before token t (TVM labels, Monte-Carlo)")
+    lr: float = Field(1e-3, gt=0, description="1e-4 left the new head near 0 after 10 steps on the tiny default")
+    warmup: int = Field(3, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+
+
 class EvalConfig(_Strict):
     every: int = Field(10, ge=1)
     size: int = Field(200, ge=1)
@@ -70,6 +82,7 @@ class TrainConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -1,8 +1,10 @@
 """The reference trainer: supervised warm start, then RL with any recipe. Reads top to bottom.
 
     warm start   demonstrations (with mistakes) → cross-entropy on response tokens
-    RL step      sample G responses per prompt → rewards → recipe.credit → PPO epochs over minibatches,
-                 gradients accumulated over micro-batches with the whole minibatch's loss normaliser
+    RL step      sample G responses (or a tree of segments) per prompt → rewards → values (gae: critic;
+                 spo_chain: extra sampling) → recipe.credit → PPO epochs over minibatches, gradients accumulated
+                 over micro-batches with the whole minibatch's loss normaliser (the critic, if any, fits its
+                 targets on the same minibatches)
     every N      greedy accuracy and pass@k on a fixed held-out set; atomic checkpoint (resumable)
 """
 
@@ -13,23 +15,28 @@ import random
 import time
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
+from transformers import PreTrainedModel
 
-from tokencredit.advantage.spo import spo_chain_values
+from tokencredit.advantage.spo import SPO_TREE_BRANCHING, SPO_TREE_SEGMENT_TOKENS, spo_chain_values
+from tokencredit.masked import masked_mean, token_count, zero_outside
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.recipes import Recipe, at_progress, recipe
 from tokencredit.rewards import safe_score
 from tokencredit.rollouts import Credit, Rollouts
 from tokencredit.sampling.continuation import TaskContinuations
 from tokencredit.sampling.hf import Samples, TransformersSampler, policy_logprob
-from tokencredit.tasks import examples, make_task
-from tokencredit.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from tokencredit.sampling.segment_tree import sample_segment_tree
+from tokencredit.tasks import Example, examples, make_task
+from tokencredit.train.checkpoint import CRITIC, latest_checkpoint, load_trainer_state, save_checkpoint
 from tokencredit.train.config import TrainConfig
+from tokencredit.train.critic import critic_values, explained_variance, load_critic, value_loss, value_target
 from tokencredit.train.evaluate import evaluate
 from tokencredit.train.logger import MetricsLogger
 
@@ -83,6 +90,25 @@ def accumulate_policy_gradient(
     return dict(totals)
 
 
+def accumulate_value_gradient(
+    critic: PreTrainedModel, samples: Samples, target: Tensor, rows: Tensor, micro_batch_size: int
+) -> float:
+    """Backward the critic's masked MSE over minibatch `rows` (token mean over the minibatch) in micro-batches;
+    returns the minibatch loss. Every micro-batch divides by the minibatch's token count, so the summed
+    gradient equals the one-pass gradient exactly."""
+    mask = samples.response_mask
+    tokens = token_count(mask[rows]).clamp(min=1)
+    total = 0.0
+    for idx in rows.split(micro_batch_size):
+        width = int(mask[idx].sum(-1).max().clamp(min=1))
+        value = critic_values(critic, samples.prompt_ids[idx], samples.prompt_mask[idx],
+                              samples.response_ids[idx, :width])
+        loss = value_loss(value, target[idx, :width], mask[idx, :width], tokens)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 class Trainer:
     """One training run (warm start and/or RL) described by a `TrainConfig`."""
 
@@ -97,9 +123,6 @@ class Trainer:
         self.task = make_task(cfg.task, **cfg.task_params)
         self.eval_examples = examples(self.task, cfg.eval.size, seed=cfg.seed + EVAL_SEED_OFFSET)
         self.recipe = recipe(cfg.recipe, **cfg.recipe_overrides)
-        if self.recipe.advantage == "gae":
-            raise ValueError("recipe: the reference trainer has no critic yet, so presets that read "
-                             "Rollouts.value (advantage 'gae', preset 'ppo') cannot run in it")
         self.resume_from = latest_checkpoint(self.ckpt_root)
         self.init_path = init_from or cfg.model.path or self.out / "init"
         if not (Path(self.init_path) / "config.json").exists():
@@ -113,6 +136,8 @@ class Trainer:
         self.state: dict[str, Any] = {"phase": "sft", "step": 0, "sft_accuracy": None, "history": []}
         self.optimizer: torch.optim.Optimizer | None = None
         self.ref_model: torch.nn.Module | None = None
+        self.critic: PreTrainedModel | None = None  # advantage "gae" only, built when RL starts
+        self.critic_optimizer: torch.optim.Optimizer | None = None
 
     # ---------------------------------------------------------------- driver
     def run(self, *, stop_after: int | None = None) -> dict[str, Any]:
@@ -175,20 +200,27 @@ class Trainer:
     def _checkpoint(self, name: str | None = None) -> None:
         self.state["global_step"] = self._global_step()
         save_checkpoint(self.ckpt_root, name or f"step-{self.state['global_step']}", self.model, self.tokenizer,
-                        self.optimizer, self.task_rng, self.state)
+                        self.optimizer, self.task_rng, self.state, critic=self.critic,
+                        critic_optimizer=self.critic_optimizer)
 
-    def _make_optimizer(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    @staticmethod
+    def _make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
 
     def _restore_optimizer(self) -> None:
         if self.resume_from is not None:
-            load_trainer_state(self.resume_from, self.optimizer, self.task_rng)
+            load_trainer_state(self.resume_from, self.optimizer, self.task_rng, self.critic_optimizer)
             self.resume_from = None
+
+    def _rl_start(self) -> Path:
+        """The policy RL starts from: the warm-start checkpoint, or the initial model if there is none."""
+        sft = self.ckpt_root / "sft"
+        return sft if sft.is_dir() else Path(self.init_path)
 
     # ---------------------------------------------------------------- warm start
     def _warm_start(self) -> bool:
         cfg = self.cfg.sft
-        self.optimizer = self._make_optimizer(cfg.lr, 0.0)
+        self.optimizer = self._make_optimizer(self.model, cfg.lr, 0.0)
         self._restore_optimizer()
         bar = self._bar("warm start", cfg.steps, self.state["step"])
         self.model.train()
@@ -236,11 +268,15 @@ class Trainer:
     # ---------------------------------------------------------------- RL
     def _reinforce(self) -> None:
         cfg = self.cfg.rl
-        self.optimizer = self._make_optimizer(cfg.lr, cfg.weight_decay)
+        self.optimizer = self._make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        if self.recipe.advantage == "gae":  # a critic initialised from the policy RL starts from
+            saved = self.resume_from / CRITIC if self.resume_from is not None else None
+            source = saved if saved is not None and saved.is_dir() else self._rl_start()
+            self.critic = load_critic(source, device=self.cfg.device)
+            self.critic_optimizer = self._make_optimizer(self.critic, self.cfg.critic.lr, self.cfg.critic.weight_decay)
         self._restore_optimizer()
         if self.recipe.kl_coef > 0:  # the reference is the policy RL started from
-            sft = self.ckpt_root / "sft"
-            self.ref_model = load_model(sft if sft.is_dir() else self.init_path, device=self.cfg.device)[0]
+            self.ref_model = load_model(self._rl_start(), device=self.cfg.device)[0]
             self.ref_model.requires_grad_(False)
         bar = self._bar(f"RL {self.recipe.name}", cfg.steps, self.state["step"])
         while self.state["step"] < cfg.steps:
@@ -267,13 +303,15 @@ class Trainer:
         cfg = self.cfg.rl
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.warmup)
+        if self.critic_optimizer is not None:
+            for group in self.critic_optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg.steps, self.cfg.critic.lr, self.cfg.critic.warmup)
+        progress = step / max(1, cfg.steps)
         batch = [self.task.sample(self.task_rng) for _ in range(cfg.prompts_per_step)]
-        expanded = [e for e in batch for _ in range(cfg.group_size)]
         t0 = time.time()
-        samples = self.sampler.sample([e.prompt for e in expanded])
+        samples, expanded, group = self._sample(batch, progress)
         t_sample = time.time() - t0
         rewards, failures = safe_score(self.task, samples.texts, expanded)
-        group = torch.arange(cfg.prompts_per_step).repeat_interleave(cfg.group_size)
         ref_logprob = None
         if self.ref_model is not None:
             with torch.no_grad():
@@ -281,20 +319,30 @@ class Trainer:
                                              samples.response_ids, cfg.temperature)[0] * samples.response_mask
         rollouts = make_rollouts(samples, rewards.to(samples.logprob.device), group.to(samples.logprob.device),
                                  ref_logprob)
-        progress = step / max(1, cfg.steps)
+        # value estimation: where Rollouts.value comes from, per advantage
         if self.recipe.advantage == "spo_chain":  # Monte-Carlo values at the cut points, from extra sampling
             params = at_progress(self.recipe.advantage_params, progress)
             spo_keys = ("mc_samples", "threshold", "interval", "max_cuts")
             rollouts = spo_chain_values(self.continuations, expanded, rollouts,
                                         **{k: v for k, v in params.items() if k in spo_keys})
+        elif self.critic is not None:  # gae: the critic's V(s_t), the state before each response token
+            with torch.no_grad():
+                value = critic_values(self.critic, samples.prompt_ids, samples.prompt_mask, samples.response_ids)
+            rollouts = replace(rollouts, value=zero_outside(value, samples.response_mask))
         credit = self.recipe.credit(rollouts, progress=progress)
         kept = credit.keep.nonzero().squeeze(-1)
+        target, critic_stats = None, {}
+        if self.critic is not None:  # what the critic will fit, and how well the values GAE used explain it
+            target = value_target(rollouts, self.recipe, self.cfg.critic.target, progress)
+            critic_stats = {"value_mean": masked_mean(rollouts.value, samples.response_mask).item(),
+                            "explained_variance": explained_variance(rollouts.value, target, samples.response_mask)}
 
         t1 = time.time()
         self.model.train()
         stats: dict[str, float] = {}
         first_ratio_dev = 0.0
         trained_tokens = 0
+        critic_updates: list[dict[str, float]] = []
         for epoch in range(cfg.ppo_epochs):
             order = kept[torch.randperm(len(kept), device=kept.device)]
             minibatches = order.split(cfg.minibatch_size) if len(order) else ()  # every group dropped: no update
@@ -308,10 +356,14 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 stats["grad_norm"] = grad_norm.item()
                 trained_tokens += int(samples.response_mask[rows].sum())
+                if self.critic is not None:  # the critic fits its targets on the same minibatch
+                    critic_updates.append(self._update_critic(samples, target, rows))
         t_train = time.time() - t1
 
         sampled_tokens = int(samples.response_mask.sum())
         lengths = samples.response_mask.sum(-1).float()
+        if critic_updates:  # means over the step's critic updates
+            critic_stats.update({k: sum(u[k] for u in critic_updates) / len(critic_updates) for k in critic_updates[0]})
         return {
             "reward": rewards.mean().item(),
             "accuracy": rewards.gt(0.5).float().mean().item(),
@@ -326,7 +378,29 @@ class Trainer:
             "sampled_tokens_per_s": sampled_tokens / max(t_sample, 1e-9),
             "trained_tokens_per_s": trained_tokens / max(t_train, 1e-9),
             **{k: v for k, v in stats.items() if k != "ratio_max_dev"},
+            **critic_stats,
         }
+
+    def _sample(self, batch: list[Example], progress: float) -> tuple[Samples, list[Example], Tensor]:
+        """Responses to `batch`: `group_size` independent samples per prompt, or one sampled tree of segments
+        per prompt (advantage `spo_tree`). Returns them, each row's example and each row's group."""
+        prompts = [e.prompt for e in batch]
+        if self.recipe.advantage == "spo_tree":
+            params = at_progress(self.recipe.advantage_params, progress)
+            samples, group = sample_segment_tree(self.sampler, prompts, params.get("branching", SPO_TREE_BRANCHING),
+                                                 params.get("segment_tokens", SPO_TREE_SEGMENT_TOKENS))
+        else:
+            samples = self.sampler.sample([p for p in prompts for _ in range(self.cfg.rl.group_size)])
+            group = torch.arange(len(batch)).repeat_interleave(self.cfg.rl.group_size)
+        return samples, [batch[i] for i in group.tolist()], group
+
+    def _update_critic(self, samples: Samples, target: Tensor, rows: Tensor) -> dict[str, float]:
+        """One critic optimizer step on minibatch `rows` (micro-batched like the policy's, clipped)."""
+        loss = accumulate_value_gradient(self.critic, samples, target, rows, self.cfg.rl.micro_batch_size)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.critic.grad_clip)
+        self.critic_optimizer.step()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        return {"value_loss": loss, "value_grad_norm": grad_norm.item()}
 
     def _evaluate(self) -> dict[str, float]:
         return evaluate(self.sampler, self.task, self.eval_examples, pass_k=self.cfg.eval.pass_k,
