@@ -56,6 +56,12 @@ def _fail(message: str) -> None:
 
 
 TASK_PARAM_HELP = "task option key=value (repeatable; JSON values, else text), e.g. --task-param mistake_rate=0.1"
+# options shared by the commands that load a checkpoint and a task
+CHECKPOINT = typer.Option(..., exists=True, file_okay=False, help="a transformers model folder")
+TASK = typer.Option("chain_sum", help="task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH")
+TASK_PARAMS = typer.Option([], "--task-param", help=TASK_PARAM_HELP)
+TEMPERATURE = typer.Option(1.0, min=1e-6)
+SEED = typer.Option(0, help="the training seed (selects the same held-out set as training)")
 
 
 def _task_params(items: list[str]) -> dict[str, Any]:
@@ -71,6 +77,18 @@ def _task_params(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key.strip()] = value
     return params
+
+
+def _task_and_model(task: str, task_param: list[str], checkpoint: Path) -> tuple[Any, Any, Any]:
+    """The task (with its `--task-param` options) and the checkpoint's model and tokenizer; exit 2 on bad input."""
+    from tokencredit.models import load_model
+    from tokencredit.tasks import make_task
+
+    params = _task_params(task_param)
+    try:
+        return make_task(task, **params), *load_model(checkpoint)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
 
 
 @app.command()
@@ -132,28 +150,22 @@ def train(
 
 @app.command("eval")
 def evaluate_checkpoint(
-    checkpoint: Path = typer.Option(..., exists=True, file_okay=False, help="a transformers model folder"),
-    task: str = typer.Option("chain_sum", help="task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH"),
-    task_param: list[str] = typer.Option([], "--task-param", help=TASK_PARAM_HELP),
+    checkpoint: Path = CHECKPOINT,
+    task: str = TASK,
+    task_param: list[str] = TASK_PARAMS,
     size: int = typer.Option(200, min=1, help="held-out examples"),
     pass_k: int = typer.Option(4, min=1, help="samples per prompt for pass@k"),
-    temperature: float = typer.Option(1.0, min=1e-6),
+    temperature: float = TEMPERATURE,
     max_new_tokens: int = typer.Option(48, min=1),
-    seed: int = typer.Option(0, help="the training seed (selects the same held-out set as training)"),
+    seed: int = SEED,
 ) -> None:
     """Greedy accuracy and pass@k of a checkpoint on a task's held-out set."""
-    from tokencredit.models import load_model
     from tokencredit.sampling import TransformersSampler
-    from tokencredit.tasks import examples, make_task
+    from tokencredit.tasks import examples
     from tokencredit.train.evaluate import evaluate
     from tokencredit.train.trainer import EVAL_SEED_OFFSET
 
-    params = _task_params(task_param)
-    try:
-        the_task = make_task(task, **params)
-        model, tokenizer = load_model(checkpoint)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
     sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
     held_out = examples(the_task, size, seed=seed + EVAL_SEED_OFFSET)
     console.print_json(json.dumps(evaluate(sampler, the_task, held_out, pass_k=pass_k)))
@@ -161,15 +173,15 @@ def evaluate_checkpoint(
 
 @app.command()
 def critical(
-    checkpoint: Path = typer.Option(..., exists=True, file_okay=False, help="a transformers model folder"),
-    task: str = typer.Option("chain_sum", help="task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH"),
-    task_param: list[str] = typer.Option([], "--task-param", help=TASK_PARAM_HELP),
+    checkpoint: Path = CHECKPOINT,
+    task: str = TASK,
+    task_param: list[str] = TASK_PARAMS,
     prompts: int = typer.Option(16, min=1, help="held-out prompts (one sampled response each)"),
     k: int = typer.Option(64, min=1, help="continuations sampled per prefix"),
     mode: str = typer.Option("scan", help="scan: every prefix (the paper); binary: bisection, assumes one collapse"),
-    temperature: float = typer.Option(1.0, min=1e-6),
+    temperature: float = TEMPERATURE,
     max_new_tokens: int = typer.Option(48, min=1, help="token budget of a response and of each continuation"),
-    seed: int = typer.Option(0, help="the training seed (selects the same held-out set as training)"),
+    seed: int = SEED,
     out: Path = typer.Option(Path("critical_tokens.jsonl"), help="one JSON line per failed response"),
 ) -> None:
     """Critical tokens of a checkpoint's failed responses: where sampled continuations stop succeeding (cDPO)."""
@@ -177,21 +189,15 @@ def critical(
 
     from tokencredit.analysis import critical_tokens
     from tokencredit.analysis.critical_tokens import MODES
-    from tokencredit.models import load_model
     from tokencredit.rewards import safe_score
     from tokencredit.sampling import TransformersSampler
     from tokencredit.sampling.continuation import TaskContinuations
-    from tokencredit.tasks import examples, make_task
+    from tokencredit.tasks import examples
     from tokencredit.train.trainer import EVAL_SEED_OFFSET
 
-    params = _task_params(task_param)
     if mode not in MODES:
         _fail(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    try:
-        the_task = make_task(task, **params)
-        model, tokenizer = load_model(checkpoint)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
     torch.manual_seed(seed)
     sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
     held_out = examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
