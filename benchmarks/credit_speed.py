@@ -23,7 +23,7 @@ first touch and handed back on free, and on a VM those faults cost more than the
 both` (the default) measures everything twice, each in its own process: `default` (what a user gets) and
 `keep-heap` (mallopt: big blocks come from the heap and stay there), so the table shows both the cost users
 see and the cost of the arithmetic itself.
-No verl/TRL "anchor" is timed: neither is installed here.
+The verl anchor (verl's `core_algos` on this batch) is `anchor_speed.py`, run in an environment with verl.
 """
 
 from __future__ import annotations
@@ -274,7 +274,8 @@ def breakdown(rollouts: tc.Rollouts, runs: int) -> dict[str, Timing]:
         "mask.sum() (avoided)": median_ms(mask.sum, runs),
         "token_count(mask)": median_ms(lambda: token_count(mask), runs),
         "adv[:, None] * mask (bool: avoided)": median_ms(lambda: adv[:, None] * mask, runs),
-        "torch.where(mask, adv[:, None], 0) (broadcast)": median_ms(lambda: torch.where(mask, adv[:, None], 0.0), runs),
+        "torch.where(mask, adv[:, None], 0) (broadcast)": median_ms(
+            lambda: torch.where(mask, adv[:, None], 0.0), runs),
         "outcome(rollouts) shape": median_ms(lambda: outcome(rollouts), runs),
         "masked_whiten(x, mask)": median_ms(lambda: masked_whiten(x, mask), runs),
         "torch.unique(group) [B]": median_ms(lambda: group_index(rollouts.group), runs),
@@ -413,7 +414,7 @@ def measure(args: argparse.Namespace) -> dict:
                       _close(1e-4, 1e-9, name))
 
     parts = {key: {"wall_ms": wall, "cpu_ms": cpu} for key, (wall, cpu) in breakdown(rollouts, args.runs).items()}
-    bench.notes.append("no verl/TRL anchor: neither is installed in this environment")
+    bench.notes.append("the verl anchor on this batch: benchmarks/anchor_speed.py (needs an environment with verl)")
     result = {
         "allocator": args.allocator,
         "machine": info,

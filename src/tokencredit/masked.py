@@ -2,10 +2,14 @@
 
 Some CPU idioms are slow at `[B,T]` size (measured with `benchmarks/credit_speed.py`'s batch, torch 2.13):
 `x * mask` with a bool mask, `masked_fill_` and counting a bool mask with `mask.sum()` (int64 accumulator) are
-3–10× slower than `torch.where(mask, x, 0)` and an int32 count, so the library uses these helpers instead.
+1.5–10× slower than `torch.where(mask, x, 0)` and an int32 count, so the library uses these helpers instead.
+Every fresh `[B,T]` temporary also costs page faults (glibc returns large blocks to the OS on free), so the
+helpers avoid them where they can.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -16,11 +20,18 @@ def zero_outside(x: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, x, 0.0)
 
 
+_COUNT_ROWS = 256  # rows counted at a time: counting casts the mask to int32, and a [B,T] cast is a fresh buffer
+
+
 def token_count(mask: Tensor, dim: int | None = None) -> Tensor:
-    """Number of true entries of `mask`, over `dim` or all, int64 (counted per row in int32: rows are short)."""
+    """Number of true entries of `mask`: per row (`dim=-1`, int64 `mask.shape[:-1]`) or in all (`dim=None`)."""
+    if dim is not None and dim not in (-1, mask.dim() - 1):
+        raise ValueError(f"dim: token_count counts along the last dimension (-1) or everything (None), got {dim}")
+    rows = mask.reshape(math.prod(mask.shape[:-1]), mask.shape[-1]) if mask.dim() else mask.reshape(1, 1)
+    per_row = torch.cat([chunk.sum(-1, dtype=torch.int32) for chunk in rows.split(_COUNT_ROWS)])
     if dim is None:
-        return mask.sum(-1, dtype=torch.int32).sum(dtype=torch.int64)
-    return mask.sum(dim, dtype=torch.int32).long()
+        return per_row.sum(dtype=torch.int64)
+    return per_row.long().reshape(mask.shape[:-1])
 
 
 def last_index(mask: Tensor) -> Tensor:

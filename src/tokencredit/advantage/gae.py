@@ -13,7 +13,7 @@ from tokencredit.discount import discounted_reverse_cumsum
 from tokencredit.masked import masked_whiten, zero_outside
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
-from tokencredit.shape.outcome import outcome
+from tokencredit.shape.outcome import add_outcome_
 
 
 def gae_advantage_and_return(rollouts: Rollouts, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
@@ -28,9 +28,10 @@ def gae_advantage_and_return(rollouts: Rollouts, gamma: float = 1.0, lam: float 
     value = zero_outside(rollouts.value.float(), mask)
     delta = torch.zeros_like(value)  # built in place: this runs on [B,T]
     delta[:, :-1] = value[:, 1:]
-    delta.mul_(gamma).sub_(value).add_(outcome(rollouts))
-    advantage = discounted_reverse_cumsum(zero_outside(delta, mask), gamma * lam)
-    advantage = torch.where(mask, advantage, advantage.new_zeros(()), out=advantage)
+    add_outcome_(delta.mul_(gamma).sub_(value), rollouts)
+    zero = delta.new_zeros(())
+    advantage = discounted_reverse_cumsum(torch.where(mask, delta, zero, out=delta), gamma * lam)
+    advantage = torch.where(mask, advantage, zero, out=advantage)
     return advantage, advantage + value
 
 

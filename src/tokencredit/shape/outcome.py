@@ -18,11 +18,15 @@ def outcome(rollouts: Rollouts) -> Tensor:
     Per-token rewards `[B,T]` pass through (masked). Empty responses carry no reward (nowhere to put it).
     This is the token-level reward tensor verl calls `token_level_rewards` (source: verl, DeepSeek-R1/GRPO).
     """
-    mask = rollouts.mask
     if rollouts.reward.dim() == 2:
-        return zero_outside(rollouts.reward.float(), mask)
-    last = last_index(mask)
+        return zero_outside(rollouts.reward.float(), rollouts.mask)
+    return add_outcome_(torch.zeros(rollouts.mask.shape, device=rollouts.mask.device), rollouts)
+
+
+def add_outcome_(out: Tensor, rollouts: Rollouts) -> Tensor:
+    """`out += outcome(rollouts)` in place on `out [B,T]` float32, without a `[B,T]` temporary for [B] rewards."""
+    if rollouts.reward.dim() == 2:
+        return out.add_(outcome(rollouts))
+    last = last_index(rollouts.mask)
     rows = (last >= 0).nonzero().squeeze(-1)
-    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    out[rows, last[rows]] = rollouts.reward.float()[rows]
-    return out
+    return out.index_put_((rows, last[rows]), rollouts.reward.float()[rows], accumulate=True)
