@@ -29,9 +29,9 @@ def _count(default: Tensor, given: Count) -> Tensor:
     return value.float().clamp(min=1)
 
 
-def _num_seqs(mask: Tensor, num_seqs: Count) -> Tensor:
+def _num_seqs(lengths: Tensor, num_seqs: Count) -> Tensor:
     """Responses that have at least one token (dropped or empty rows do not dilute the mean)."""
-    return _count(token_count(mask, -1).gt(0).sum(), num_seqs)
+    return _count(lengths.gt(0).sum(), num_seqs)
 
 
 def token_mean_weight(mask: Tensor, *, num_tokens: Count = None, **_unused) -> Tensor:
@@ -45,12 +45,13 @@ def seq_mean_token_mean_weight(mask: Tensor, *, num_seqs: Count = None, **_unuse
     """seq_mean_token_mean (GRPO): `L = (1/N) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}`, `c_i = 1/(N·|o_i|)`.
 
     Source: "DeepSeekMath" (Shao et al., 2024). N counts responses with at least one token."""
-    return 1.0 / (_num_seqs(mask, num_seqs) * token_count(mask, -1).clamp(min=1))
+    lengths = token_count(mask, -1)
+    return 1.0 / (_num_seqs(lengths, num_seqs) * lengths.clamp(min=1))
 
 
 def seq_mean_token_sum_weight(mask: Tensor, *, num_seqs: Count = None, **_unused) -> Tensor:
     """seq_mean_token_sum: `L = (1/N) Σ_i Σ_t ℓ_{i,t}`, `c_i = 1/N` (verl's `seq-mean-token-sum`)."""
-    return _num_seqs(mask, num_seqs).expand(mask.shape[0]) ** -1
+    return _num_seqs(token_count(mask, -1), num_seqs).expand(mask.shape[0]) ** -1
 
 
 def seq_mean_token_sum_norm_weight(
