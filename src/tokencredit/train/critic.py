@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 from transformers import AutoModelForTokenClassification, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from tokencredit.advantage.gae import gae_advantage_and_return
 from tokencredit.masked import masked_mean, masked_sum
@@ -38,10 +39,15 @@ def load_critic(
     numbers as the uninterrupted one). The model stays in eval mode: dropout off (the token-classification
     head has dropout 0.1 by default), so the values that enter GAE are the function the loss fits.
     """
-    with torch.random.fork_rng(devices=[]):
-        critic, info = AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=1, dtype=dtype, local_files_only=True, output_loading_info=True
-        )
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head's "MISSING" load report is expected: do not print it
+    try:
+        with torch.random.fork_rng(devices=[]):
+            critic, info = AutoModelForTokenClassification.from_pretrained(
+                path, num_labels=1, dtype=dtype, local_files_only=True, output_loading_info=True
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     new = set(info["missing_keys"])
     with torch.no_grad():
         for name, param in critic.named_parameters():
