@@ -112,6 +112,16 @@ def test_depth_one_tree_is_a_plain_group():
     torch.testing.assert_close(spo_tree(r, mode="rloo", **kw), tc.get("advantage", "dr_grpo")(r))
 
 
+def test_tree_boundaries_in_mask_holes_stay_finite():
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 7, 5, 6], [8, 2, 3, 4, 9, 9]])
+    mask = torch.tensor([[1, 0, 1, 0, 1, 1], [1, 0, 1, 1, 1, 0], [1, 1, 0, 1, 1, 1]], dtype=torch.bool)
+    r = tc.Rollouts(group=torch.tensor([0, 0, 0]), mask=mask, reward=torch.tensor([1.0, 0.0, 1.0]), tokens=tokens,
+                    logprob=torch.full((3, 6), -1.0))
+    for mode in ("rloo", "grpo"):
+        adv = spo_tree(r, branching=[2, 2, 2], mode=mode)
+        assert torch.isfinite(adv).all() and (adv[~mask] == 0).all()
+
+
 def test_tree_degenerate_and_bad_input():
     assert torch.count_nonzero(spo_tree(tree_batch(reward=(1.0, 1.0, 1.0, 1.0)), mode="grpo")) == 0
     with pytest.raises(ValueError, match="mode"):

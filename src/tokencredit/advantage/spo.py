@@ -181,18 +181,20 @@ def spo_tree(
     parent_value = tree.value_before.gather(1, start.clamp(max=t - 1))
     edge = torch.where(present, child_value - parent_value, 0.0)
     if mode == "grpo" or dedup:
+        # node ids (−1 where a segment boundary falls in a mask hole: such an edge is its own node)
         node = prefix_node_ids(tokens, mask, group)
         child = torch.where(present, node.gather(1, last), -1)
     if mode == "grpo":
-        # the parent of segment j is the node after token c_j − 1 (the root of the group for j = 0)
-        parent = torch.where(start > 0, node.gather(1, (start - 1).clamp(min=0)), -1 - group.long()[:, None])
-        std = _children_std(parent, child, child_value, present)
+        # the parent of segment j is the node after token c_j − 1 (the root of the group, id −2 − g, for j = 0)
+        parent = torch.where(start > 0, node.gather(1, (start - 1).clamp(min=0)), -2 - group.long()[:, None])
+        std = _children_std(parent, child, child_value, present & (child >= 0) & (parent != -1))
         edge = torch.where(std > eps, edge / (std + eps), 0.0)  # float noise must not be amplified by 1/ε
     if dedup:
         rows = torch.arange(b, device=mask.device)[:, None].expand(b, depth)
+        known = child >= 0
         owner = torch.full((b * t,), b, dtype=torch.long, device=mask.device)
-        owner.scatter_reduce_(0, child[present], rows[present], "amin")
-        edge = torch.where(present & (owner[child.clamp(min=0)] == rows), edge, 0.0)
+        owner.scatter_reduce_(0, child[known], rows[known], "amin")
+        edge = torch.where(~known | (owner[child.clamp(min=0)] == rows), edge, 0.0)
     segment = (torch.arange(t, device=mask.device) // segment_tokens).clamp(max=depth - 1)
     advantage = torch.where(mask, edge.gather(1, segment.expand(b, t)), 0.0)
     return _probability_mask(advantage, rollouts, threshold) if prob_mask else advantage
