@@ -5,7 +5,9 @@
 For each seed one warm start is shared by every recipe (so recipes differ only in RL); each (recipe, seed)
 RL run starts from it. Writes `benchmarks/results/learning.json` (per-run histories, mean ± 95% CI per step,
 final accuracy, steps to reach the first recipe's final mean accuracy) and `learning.png`.
-Settings are the demo's (`tokencredit.train.demo.demo_config`) unless overridden.
+Settings are the demo's (`tokencredit.train.demo.demo_config`) unless overridden. Every run checkpoints under
+`--work`, and a finished run resumes as finished: rerunning with the same `--work` recomputes only what is
+missing (e.g. `--seeds 8` after `--seeds 5` trains seeds 5–7 and summarises all eight).
 """
 
 from __future__ import annotations
