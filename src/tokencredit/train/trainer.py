@@ -58,6 +58,11 @@ def make_rollouts(samples: Samples, rewards: Tensor, group: Tensor, ref_logprob:
     )
 
 
+def _longest(mask: Tensor) -> int:
+    """The longest response of a micro-batch (at least 1): micro-batches are narrowed to it."""
+    return int(token_count(mask, -1).max().clamp(min=1))
+
+
 def accumulate_policy_gradient(
     model: torch.nn.Module,
     rcp: Recipe,
@@ -75,7 +80,7 @@ def accumulate_policy_gradient(
     totals: dict[str, float] = defaultdict(float)
     for part in torch.arange(len(rows)).split(micro_batch_size):
         idx = rows[part]
-        width = int(samples.response_mask[idx].sum(-1).max().clamp(min=1))
+        width = _longest(samples.response_mask[idx])
         logprob, entropy = policy_logprob(
             model, samples.prompt_ids[idx], samples.prompt_mask[idx], samples.response_ids[idx, :width], temperature
         )
@@ -100,7 +105,7 @@ def accumulate_value_gradient(
     tokens = token_count(mask[rows]).clamp(min=1)
     total = 0.0
     for idx in rows.split(micro_batch_size):
-        width = int(mask[idx].sum(-1).max().clamp(min=1))
+        width = _longest(mask[idx])
         value = critic_values(critic, samples.prompt_ids[idx], samples.prompt_mask[idx],
                               samples.response_ids[idx, :width])
         loss = value_loss(value, target[idx, :width], mask[idx, :width], tokens)
