@@ -16,6 +16,8 @@ T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random cr
 Each reference is first checked to agree with the library (allclose); then both are timed (median of
 several runs after a warm-up; wall and process CPU time). The ratio is reference ms / library ms (wall);
 `cpu_ratio` is the same from process CPU time, which is steadier on a shared machine when --threads 1.
+`ratio_bound` is the reference's time over the cost of one fresh [B,T] float32 output (`torch.zeros(B, T)`):
+every advantage estimator must hand such a tensor back, so no implementation can exceed that ratio.
 Results go to a JSON file.
 
 Allocator: with glibc's defaults a fresh [B,T] float32 temporary (16 MB) is mmap-ed and page-faulted in on
@@ -46,9 +48,10 @@ import torch
 from torch import Tensor
 
 import tokencredit as tc
+from tokencredit.advantage.group import broadcast
 from tokencredit.discount import discounted_reverse_cumsum
 from tokencredit.groups import group_index, group_stats
-from tokencredit.masked import masked_whiten, token_count, zero_outside
+from tokencredit.masked import last_index, masked_whiten, masked_whiten_rows, token_count, zero_outside
 from tokencredit.shape.outcome import outcome
 
 B, T, GROUP_SIZE, MIN_LEN = 4096, 1024, 16, 256
@@ -264,22 +267,33 @@ def breakdown(rollouts: tc.Rollouts, runs: int) -> dict[str, Timing]:
     mask, x = rollouts.mask, rollouts.value
     maskf = mask.float()
     adv = torch.randn(B)
+    positions = torch.arange(T, dtype=torch.int32)
     return {
+        "torch.zeros(B, T) (a fresh output: the floor of any [B,T] estimator)": median_ms(output_floor, runs),
         "x * mask (bool mask: avoided)": median_ms(lambda: x * mask, runs),
         "x * mask_f (float mask made once)": median_ms(lambda: x * maskf, runs),
         "torch.where(mask, x, 0) (zero_outside)": median_ms(lambda: zero_outside(x, mask), runs),
         "x.masked_fill(~mask, 0) (avoided)": median_ms(lambda: x.masked_fill(~mask, 0.0), runs),
         "mask.sum(-1) (default int64: avoided)": median_ms(lambda: mask.sum(-1), runs),
-        "token_count(mask, -1) (int32 count)": median_ms(lambda: token_count(mask, -1), runs),
-        "mask.sum() (avoided)": median_ms(mask.sum, runs),
-        "token_count(mask)": median_ms(lambda: token_count(mask), runs),
+        "mask.sum(-1, dtype=int32) (avoided)": median_ms(lambda: mask.sum(-1, dtype=torch.int32), runs),
+        "token_count(mask, -1) (8 bytes a word)": median_ms(lambda: token_count(mask, -1), runs),
+        "torch.where(mask, positions, -1).amax(-1) (avoided)": median_ms(
+            lambda: torch.where(mask, positions, -1).amax(-1), runs),
+        "last_index(mask) (8 bytes a word)": median_ms(lambda: last_index(mask), runs),
         "adv[:, None] * mask (bool: avoided)": median_ms(lambda: adv[:, None] * mask, runs),
-        "torch.where(mask, adv[:, None], 0) (broadcast)": median_ms(
+        "torch.where(mask, adv[:, None], 0) (a [B,1] column: avoided)": median_ms(
             lambda: torch.where(mask, adv[:, None], 0.0), runs),
+        "broadcast(adv, mask) (the column expanded to [B,T])": median_ms(lambda: broadcast(adv, mask), runs),
         "outcome(rollouts) shape": median_ms(lambda: outcome(rollouts), runs),
         "masked_whiten(x, mask)": median_ms(lambda: masked_whiten(x, mask), runs),
+        "masked_whiten_rows(adv, mask) (a value per row)": median_ms(lambda: masked_whiten_rows(adv, mask), runs),
         "torch.unique(group) [B]": median_ms(lambda: group_index(rollouts.group), runs),
     }
+
+
+def output_floor() -> Tensor:
+    """What every advantage estimator must at least do here: hand back a fresh [B,T] float32 tensor."""
+    return torch.zeros(B, T)
 
 
 class Bench:
@@ -361,6 +375,7 @@ def measure(args: argparse.Namespace) -> dict:
           flush=True)
 
     # end to end: every registered advantage estimator
+    floor_ms, _ = median_ms(output_floor, args.runs)
     for name in tc.names("advantage"):
         fn = tc.get("advantage", name)
         try:
@@ -374,6 +389,9 @@ def measure(args: argparse.Namespace) -> dict:
         kind = None if ref is None else ("per-token loop" if name in ("reinforce_pp", "gae") else "per-group loop")
         reference = None if ref is None else (lambda ref=ref: ref(rollouts))
         bench.compare("advantage", name, lambda fn=fn: fn(rollouts), reference, kind, _close(1e-4, 2e-4, name))
+
+    for row in bench.rows:  # no implementation can beat the time it takes to hand back its [B,T] output
+        row["ratio_bound"] = None if row["ref_ms"] is None else row["ref_ms"] / floor_ms
 
     # the vectorised cores alone, without the [B,T] broadcasting and masking they share with any implementation
     scores = rollouts.sequence_reward()
@@ -425,6 +443,7 @@ def measure(args: argparse.Namespace) -> dict:
         "runs": {"library": args.runs, "reference": args.ref_runs,
                  "statistic": "median ms; 3 alternating blocks of library/reference runs, 1 warm-up per block"},
         "target_ratio": TARGET,
+        "output_floor_ms": floor_ms,
         "results": bench.rows,
         "building_blocks_ms": parts,
         "notes": bench.notes,
@@ -467,12 +486,14 @@ def main() -> None:
 
 
 def show(result: dict) -> None:
-    header = ("stage", "function", "reference", "library ms", "reference ms", "ratio", "cpu-time ratio")
+    header = ("stage", "function", "reference", "library ms", "reference ms", "ratio", "cpu-time ratio",
+              "bound")
     lines = [
         (r["stage"], r["name"], r["reference"] or "-", f"{r['lib_ms']:.2f}",
          "-" if r["ref_ms"] is None else f"{r['ref_ms']:.2f}",
          "-" if r["ratio"] is None else f"{r['ratio']:.1f}x",
-         "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.1f}x")
+         "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.1f}x",
+         "-" if r.get("ratio_bound") is None else f"{r['ratio_bound']:.1f}x")
         for r in result["results"]
     ]
     m = result["machine"]
@@ -492,7 +513,9 @@ def show(result: dict) -> None:
             table.add_column(h, justify="right" if "ms" in h or "ratio" in h else "left")
         for line in lines:
             table.add_row(*line)
-        Console(width=150).print(table)
+        Console(width=160).print(table)
+    print(f"  bound: reference ms / {result['output_floor_ms']:.2f} ms, the cost of one fresh [B,T] float32 output "
+          "(torch.zeros), which every advantage estimator must hand back: no implementation can exceed it")
     for key, value in result["building_blocks_ms"].items():
         print(f"  building block: {key}: {value['wall_ms']:.2f} ms wall, {value['cpu_ms']:.2f} ms cpu")
     for note in result["notes"]:

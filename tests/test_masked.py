@@ -1,19 +1,52 @@
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tokencredit.masked import last_index, masked_mean, masked_sum, masked_whiten, token_count, zero_outside
+from tokencredit.masked import (
+    last_index,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    masked_whiten_,
+    masked_whiten_rows,
+    token_count,
+    zero_outside,
+)
 
 MASK = torch.tensor([[True, True, False], [False, False, False], [True, False, True]])
 
 
-def test_token_count_per_row_and_total_across_chunks(monkeypatch):
-    monkeypatch.setattr("tokencredit.masked._COUNT_ROWS", 2)  # three rows: two chunks
+def test_token_count_per_row_and_total():
     assert token_count(MASK, -1).tolist() == [2, 0, 2] and token_count(MASK, -1).dtype == torch.int64
     assert token_count(MASK).item() == 4
     assert token_count(torch.zeros(0, 5, dtype=torch.bool), -1).shape == (0,)
     assert token_count(torch.zeros(3, 0, dtype=torch.bool)).item() == 0
     with pytest.raises(ValueError, match="dim"):
         token_count(MASK, 0)
+
+
+@pytest.mark.parametrize("words_per_sum", [1, 255])
+def test_token_count_word_sums_never_carry_between_bytes(monkeypatch, words_per_sum):
+    monkeypatch.setattr("tokencredit.masked._WORDS_PER_SUM", words_per_sum)
+    full = torch.ones(2, 8 * 255 * 3 + 5, dtype=torch.bool)  # 765 words: each byte lane would hold 765 > 255
+    full[1, ::3] = False
+    assert token_count(full, -1).tolist() == full.sum(-1).tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(0, 6), width=st.integers(0, 40), start=st.integers(0, 9), p=st.floats(0, 1),
+       seed=st.integers(0, 2**16))
+def test_word_counts_and_last_index_for_any_layout(rows, width, start, p, seed):
+    """Odd widths, row and column slices (unaligned or strided storage) count like `mask.sum` and find the last
+    true entry like a scan over positions."""
+    base = torch.rand(rows + 2, width + start, generator=torch.Generator().manual_seed(seed)) < p
+    for mask in (base, base[1:], base[:, start:], base[:, start:][1:, ::2], base.t()):
+        assert token_count(mask, -1).tolist() == mask.sum(-1).tolist()
+        assert token_count(mask).item() == mask.sum().item()
+        positions = torch.arange(mask.shape[1])
+        expected = torch.where(mask, positions, -1).amax(-1) if mask.shape[1] else torch.full((mask.shape[0],), -1)
+        assert last_index(mask).tolist() == expected.tolist()
 
 
 def test_masked_reductions_ignore_what_lies_outside_the_mask():
@@ -27,3 +60,28 @@ def test_masked_reductions_ignore_what_lies_outside_the_mask():
     assert (white[~MASK] == 0).all()
     assert last_index(MASK).tolist() == [1, -1, 2]
     assert last_index(torch.zeros(2, 0, dtype=torch.bool)).tolist() == [-1, -1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(0, 6), width=st.integers(0, 12), p=st.floats(0, 1), scale=st.sampled_from([1e-3, 1.0, 1e3]),
+       seed=st.integers(0, 2**16))
+def test_whitening_variants_agree(rows, width, p, scale, seed):
+    """In place, per-row closed form and the plain version give the same result, including empty masks. The
+    closed form works in float64, so it is compared with the float64 plain version (in float32 an all-equal
+    batch whitens its rounding error: (x − mean) ≈ 1e-7 divided by sqrt(0 + 1e-8))."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(rows, width, generator=gen) < p
+    values = torch.randn(rows, generator=gen) * scale + scale
+    broadcast = values[:, None].expand(rows, width)
+    exact = masked_whiten(broadcast.double(), mask).float()
+    torch.testing.assert_close(masked_whiten_rows(values, mask), exact, rtol=1e-5, atol=1e-5)
+    x = broadcast.clone()
+    assert masked_whiten_(x, mask).data_ptr() == x.data_ptr()
+    torch.testing.assert_close(x, masked_whiten(broadcast, mask))
+
+
+def test_zero_outside_broadcasts_a_column_and_masks_in_place():
+    column = torch.tensor([[1.0], [2.0], [3.0]])
+    assert zero_outside(column, MASK).tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [3.0, 0.0, 3.0]]
+    x = torch.ones(3, 3)
+    assert zero_outside(x, MASK, out=x) is x and x.sum().item() == 4

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_CHUNK = 64
+_CHUNK = 32  # 16–32 is fastest on a 2-core CPU at B=4096, T=1024 (64: 1.1–1.4× slower, 128: 2–2.5×)
 
 
-def discounted_reverse_cumsum(x: Tensor, gamma: float) -> Tensor:
-    """`y_t = Σ_{k≥t} γ^{k−t} x_k` along the last axis of `x [B,T]`.
+def discounted_reverse_cumsum(x: Tensor, gamma: float, out: Tensor | None = None) -> Tensor:
+    """`y_t = Σ_{k≥t} γ^{k−t} x_k` along the last axis of `x [B,T]`; written into `out` (`[B,T]`, contiguous, not
+    overlapping `x`) when given.
 
     The T axis is cut into chunks of C tokens: inside a chunk the sum is a product with a C×C discount matrix;
     the chunk-start values obey the same recursion with factor γ^C and are solved by one more (T/C)×(T/C)
@@ -20,12 +21,15 @@ def discounted_reverse_cumsum(x: Tensor, gamma: float) -> Tensor:
     c = min(_CHUNK, max(t, 1))
     n = -(-t // c)
     xp = (x if n * c == t else torch.nn.functional.pad(x, (0, n * c - t))).reshape(b, n, c)
-    within = xp @ _discount_matrix(c, gamma, x).T  # [B,n,C]: sums that stop at the chunk end
+    into = out.view(b, n, c) if out is not None and n * c == t else None
+    within = torch.matmul(xp, _discount_matrix(c, gamma, x).T, out=into)  # [B,n,C]: sums that stop at chunk end
     starts = within[:, :, 0] @ _discount_matrix(n, gamma**c, x).T  # full sums at each chunk start
     after = torch.nn.functional.pad(starts[:, 1:], (0, 1))  # value entering each chunk from the right
     pos = torch.arange(c, device=x.device, dtype=x.dtype)
-    y = within.addcmul_(after[:, :, None], gamma ** (c - pos))
-    return y.view(b, n * c)[:, :t]
+    y = within.addcmul_(after[:, :, None], gamma ** (c - pos)).view(b, n * c)[:, :t]
+    if out is None:
+        return y
+    return out if into is not None else out.copy_(y)
 
 
 def _discount_matrix(n: int, gamma: float, like: Tensor) -> Tensor:

@@ -1,10 +1,11 @@
 """Masked reductions over `[B,T]` tensors.
 
 Some CPU idioms are slow at `[B,T]` size (measured with `benchmarks/credit_speed.py`'s batch, torch 2.13):
-`x * mask` with a bool mask, `masked_fill_` and counting a bool mask with `mask.sum()` (int64 accumulator) are
-1.5–10× slower than `torch.where(mask, x, 0)` and an int32 count, so the library uses these helpers instead.
-Every fresh `[B,T]` temporary also costs page faults (glibc returns large blocks to the OS on free), so the
-helpers avoid them where they can.
+`x * mask` with a bool mask, `masked_fill_`, a `torch.where` that broadcasts a `[B,1]` column (2× slower than
+the same call on the column expanded to `[B,T]`) and counting a bool mask with `mask.sum()` (int64 accumulator,
+20× slower than the word count below), so the library uses these helpers instead. Every fresh `[B,T]`
+temporary also costs page faults (glibc returns large blocks to the OS on free), so the helpers avoid them
+where they can.
 """
 
 from __future__ import annotations
@@ -15,31 +16,58 @@ import torch
 from torch import Tensor
 
 
-def zero_outside(x: Tensor, mask: Tensor) -> Tensor:
-    """`x` where `mask`, 0 elsewhere (also where `x` is NaN or inf outside the mask)."""
-    return torch.where(mask, x, 0.0)
+def zero_outside(x: Tensor, mask: Tensor, out: Tensor | None = None) -> Tensor:
+    """`x` where `mask`, 0 elsewhere (also where `x` is NaN or inf outside the mask). `x` may broadcast against
+    `mask` (e.g. a `[B,1]` column); `out=x` masks in place."""
+    return torch.where(mask, x.expand(mask.shape), x.new_zeros(()), out=out)
 
 
-_COUNT_ROWS = 256  # rows counted at a time: counting casts the mask to int32, and a [B,T] cast is a fresh buffer
+_WORD = 8  # mask bytes per int64 word
+_WORDS_PER_SUM = 255  # a byte lane of a word sum holds at most 255 before it carries into the next lane
 
 
 def token_count(mask: Tensor, dim: int | None = None) -> Tensor:
-    """Number of true entries of `mask`: per row (`dim=-1`, int64 `mask.shape[:-1]`) or in all (`dim=None`)."""
+    """Number of true entries of `mask`: per row (`dim=-1`, int64 `mask.shape[:-1]`) or in all (`dim=None`).
+
+    Counts 8 mask bytes at a time: a bool is one byte holding 0 or 1, so the sum of a row's bytes read as int64
+    words keeps each byte position's count in its own byte (no carries for up to 255 words), and the row's count
+    is the sum of the 8 bytes of that word sum. One pass over an eighth as many elements as `mask.sum(-1)`."""
     if dim is not None and dim not in (-1, mask.dim() - 1):
         raise ValueError(f"dim: token_count counts along the last dimension (-1) or everything (None), got {dim}")
-    rows = mask.reshape(math.prod(mask.shape[:-1]), mask.shape[-1]) if mask.dim() else mask.reshape(1, 1)
-    per_row = torch.cat([chunk.sum(-1, dtype=torch.int32) for chunk in rows.split(_COUNT_ROWS)])
-    if dim is None:
-        return per_row.sum(dtype=torch.int64)
-    return per_row.long().reshape(mask.shape[:-1])
+    words = _words(mask)
+    per_row = torch.zeros(words.shape[0], dtype=torch.int64, device=mask.device)
+    for chunk in words.split(_WORDS_PER_SUM, dim=1):
+        per_row += chunk.sum(1).view(torch.uint8).reshape(-1, _WORD).sum(1)
+    return per_row.sum() if dim is None else per_row.reshape(mask.shape[:-1])
 
 
 def last_index(mask: Tensor) -> Tensor:
-    """Position of each row's last true entry of `mask [B,T]`, int64 `[B]`; −1 for an empty row."""
-    if mask.shape[-1] == 0:
+    """Position of each row's last true entry of `mask [..., T]`, int64 `mask.shape[:-1]`; −1 for an empty row.
+
+    Finds the row's last non-zero 8-byte word, then the last non-zero byte inside it (read in memory order, so
+    endianness does not matter): two small passes instead of one over `[B,T]` positions."""
+    if not mask.numel():
         return torch.full(mask.shape[:-1], -1, dtype=torch.int64, device=mask.device)
-    pos = torch.arange(mask.shape[-1], dtype=torch.int32, device=mask.device)
-    return torch.where(mask, pos, -1).amax(-1).long()
+    words = _words(mask)
+    word_pos = torch.arange(words.shape[1], device=mask.device)
+    last_word = torch.where(words != 0, word_pos, -1).amax(-1, keepdim=True)
+    word = words.gather(1, last_word.clamp(min=0)).view(torch.uint8)  # [R, 8]
+    last_byte = torch.where(word != 0, torch.arange(_WORD, device=mask.device), -1).amax(-1, keepdim=True)
+    last = torch.where(last_word >= 0, last_word * _WORD + last_byte, -1)
+    return last.reshape(mask.shape[:-1])
+
+
+def _words(mask: Tensor) -> Tensor:
+    """`mask` as rows of int64 words `[R, ceil(T/8)]`, 8 mask bytes each (padded with false where needed)."""
+    rows = mask.reshape(math.prod(mask.shape[:-1]), mask.shape[-1]) if mask.dim() else mask.reshape(1, 1)
+    width = -(-rows.shape[1] // _WORD) * _WORD
+    if not rows.numel():
+        return torch.zeros(rows.shape[0], width // _WORD, dtype=torch.int64, device=mask.device)
+    if width != rows.shape[1] or rows.stride() != (width, 1) or rows.storage_offset() % _WORD:
+        padded = rows.new_zeros(rows.shape[0], width)
+        padded[:, : rows.shape[1]] = rows
+        rows = padded
+    return rows.view(torch.int64)
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -55,11 +83,32 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     """`(x - mean) / sqrt(var + eps)` over the masked entries (unbiased variance, as verl's `masked_whiten`);
-    0 outside the mask. Fewer than two masked entries give 0. In-place on one temporary: this runs on [B,T]."""
+    0 outside the mask. Fewer than two masked entries give 0."""
+    return _whiten_zeroed_(zero_outside(x, mask), mask, eps)
+
+
+def masked_whiten_(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """`masked_whiten` in place on `x` (a float temporary of the caller's, contiguous, shaped like `mask`)."""
+    return _whiten_zeroed_(zero_outside(x, mask, out=x), mask, eps)
+
+
+def _whiten_zeroed_(x: Tensor, mask: Tensor, eps: float) -> Tensor:
     n = token_count(mask)
-    centred = zero_outside(x, mask)
-    mean = centred.sum() / n.clamp(min=1)
-    centred = torch.where(mask, centred.sub_(mean), centred.new_zeros(()), out=centred)
+    mean = x.sum() / n.clamp(min=1)
+    centred = zero_outside(x.sub_(mean), mask, out=x)
     flat = centred.view(-1)
     var = torch.dot(flat, flat) / (n - 1).clamp(min=1)  # no [B,T] temporary for the squares
     return centred.mul_(torch.rsqrt(var + eps) * (n > 1))
+
+
+def masked_whiten_rows(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """`masked_whiten(values[:, None], mask)` for a value per row `[B]`, with the statistics computed on `[B]`
+    from the rows' token counts n_i: `μ = Σ n_i v_i / N`, `σ² = Σ n_i (v_i − μ)² / (N − 1)`, `N = Σ n_i`.
+    The only `[B,T]` pass is the output."""
+    count = token_count(mask, -1).double()
+    n = count.sum()
+    v = values.double()
+    mean = (count * v).sum() / n.clamp(min=1)
+    var = (count * (v - mean).square()).sum() / (n - 1).clamp(min=1)
+    white = (v - mean) * torch.rsqrt(var + eps) * (n > 1)
+    return zero_outside(white.to(values.dtype)[:, None], mask)

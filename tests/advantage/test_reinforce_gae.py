@@ -1,8 +1,38 @@
+from dataclasses import replace
+
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tokencredit as tc
 from helpers import rollouts
 from tokencredit.advantage.gae import gae_advantage_and_return
+from tokencredit.masked import masked_whiten
+from tokencredit.shape.outcome import outcome
+
+
+@st.composite
+def holey_rollouts(draw, max_rows: int = 6, max_len: int = 9) -> tc.Rollouts:
+    """Masks with holes, empty rows and leading gaps; small integer rewards (exact sums in float32)."""
+    b, t = draw(st.integers(1, max_rows)), draw(st.integers(0, max_len))
+    seed = draw(st.integers(0, 2**16))
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(b, t, generator=gen) < draw(st.sampled_from([0.3, 0.7, 1.0]))
+    reward = torch.randint(0, 3, (b,), generator=gen).float()
+    group = torch.randint(0, 2, (b,), generator=gen)
+    return tc.Rollouts(group=group, mask=mask, reward=reward, value=torch.randn(b, t, generator=gen))
+
+
+def gae_loop(r: tc.Rollouts, gamma: float, lam: float) -> torch.Tensor:
+    """GAE by a loop over tokens, as verl writes it, on masked values and the outcome-shaped rewards."""
+    value, token_reward = torch.where(r.mask, r.value, 0.0), outcome(r)
+    advantage, running = torch.zeros_like(value), torch.zeros(value.shape[0])
+    for t in reversed(range(value.shape[1])):
+        next_value = value[:, t + 1] if t + 1 < value.shape[1] else torch.zeros(value.shape[0])
+        delta = torch.where(r.mask[:, t], token_reward[:, t] + gamma * next_value - value[:, t], 0.0)
+        running = delta + gamma * lam * running
+        advantage[:, t] = running
+    return torch.where(r.mask, advantage, 0.0)
 
 
 def whiten(x, mask):
@@ -46,3 +76,24 @@ def test_gae_lambda_one_zero_values_is_return():
     r = rollouts([2.0, -1.0], [0, 1], [3, 2], value=torch.zeros(2, 3))
     adv = tc.get("advantage", "gae")(r, gamma=1.0, lam=1.0, whiten=False)
     torch.testing.assert_close(adv, torch.tensor([[2.0, 2.0, 2.0], [-1.0, -1.0, 0.0]]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(r=holey_rollouts(), gamma=st.sampled_from([0.0, 0.5, 0.9, 1.0]))
+def test_reinforce_pp_sequence_reward_is_the_outcome_token_reward(r, gamma):
+    """The closed forms for a [B] reward (γ^{L−t}·R; statistics from [B] at γ = 1) equal the cumsum path on the
+    outcome-shaped token rewards, for masks with holes too."""
+    fn = tc.get("advantage", "reinforce_pp")
+    expected = fn(replace(r, reward=outcome(r)), gamma=gamma)
+    torch.testing.assert_close(fn(r, gamma=gamma), expected, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(r=holey_rollouts(), gamma=st.sampled_from([0.5, 1.0]), lam=st.sampled_from([0.0, 0.95, 1.0]))
+def test_gae_matches_a_loop_over_tokens_with_mask_holes(r, gamma, lam):
+    expected = gae_loop(r, gamma, lam)
+    advantage, returns = gae_advantage_and_return(r, gamma, lam)
+    torch.testing.assert_close(advantage, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(returns, torch.where(r.mask, expected + r.value, 0.0), rtol=1e-5, atol=1e-5)
+    whitened = tc.get("advantage", "gae")(r, gamma=gamma, lam=lam)
+    torch.testing.assert_close(whitened, masked_whiten(expected, r.mask), rtol=1e-4, atol=1e-4)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.discount import discounted_reverse_cumsum
-from tokencredit.masked import masked_whiten, zero_outside
+from tokencredit.masked import masked_whiten_, zero_outside
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.shape.outcome import add_outcome_
@@ -22,22 +22,31 @@ def gae_advantage_and_return(rollouts: Rollouts, gamma: float = 1.0, lam: float 
     `δ_t = r_t + γ·V_{t+1} − V_t` (V past the last real token is 0), `A_t = Σ_{k≥t} (γλ)^{k−t} δ_k`,
     `return_t = A_t + V_t`.
     """
-    if rollouts.value is None:
-        raise ValueError("Rollouts.value: advantage 'gae' needs critic values of shape [B,T]; got None")
-    mask = rollouts.mask
-    value = zero_outside(rollouts.value.float(), mask)
-    delta = torch.zeros_like(value)  # built in place: this runs on [B,T]
-    delta[:, :-1] = value[:, 1:]
-    add_outcome_(delta.mul_(gamma).sub_(value), rollouts)
-    zero = delta.new_zeros(())
-    advantage = discounted_reverse_cumsum(torch.where(mask, delta, zero, out=delta), gamma * lam)
-    advantage = torch.where(mask, advantage, zero, out=advantage)
-    return advantage, advantage + value
+    delta, value = _td_errors(rollouts, gamma)
+    advantage = discounted_reverse_cumsum(delta, gamma * lam)
+    advantage = zero_outside(advantage, rollouts.mask, out=advantage)
+    return advantage, value.add_(advantage)
 
 
 @register("advantage", "gae")
 def gae(rollouts: Rollouts, gamma: float = 1.0, lam: float = 0.95, whiten: bool = True) -> Tensor:
     """GAE advantages `A_t = Σ_{k≥t} (γλ)^{k−t} (r_k + γV_{k+1} − V_k)`, optionally whitened over the batch's
     response tokens (verl whitens by default). Reads `rollouts.value`."""
-    advantage, _ = gae_advantage_and_return(rollouts, gamma, lam)
-    return masked_whiten(advantage, rollouts.mask) if whiten else advantage
+    delta, value = _td_errors(rollouts, gamma)
+    advantage = discounted_reverse_cumsum(delta, gamma * lam, out=value)  # the values are not needed any more
+    mask = rollouts.mask
+    return masked_whiten_(advantage, mask) if whiten else zero_outside(advantage, mask, out=advantage)
+
+
+def _td_errors(rollouts: Rollouts, gamma: float) -> tuple[Tensor, Tensor]:
+    """`δ [B,T]` and the masked values `V [B,T]`, both fresh and 0 outside the mask. Built in place: this runs
+    on [B,T]."""
+    if rollouts.value is None:
+        raise ValueError("Rollouts.value: advantage 'gae' needs critic values of shape [B,T]; got None")
+    mask = rollouts.mask
+    value = zero_outside(rollouts.value.float(), mask)
+    delta = torch.empty_like(value)
+    delta[:, -1:] = 0.0
+    torch.mul(value[:, 1:], gamma, out=delta[:, :-1])
+    add_outcome_(delta.sub_(value), rollouts)
+    return zero_outside(delta, mask, out=delta), value

@@ -8,17 +8,17 @@ score), because one sample carries no relative information and must not push the
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from tokencredit.groups import group_stats
+from tokencredit.masked import zero_outside
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 
 
 def broadcast(seq_advantage: Tensor, mask: Tensor) -> Tensor:
     """Per-response advantage `[B]` → `[B,T]`, 0 outside mask."""
-    return torch.where(mask, seq_advantage[:, None], 0.0)
+    return zero_outside(seq_advantage[:, None], mask)
 
 
 def grpo_sequence_advantage(rollouts: Rollouts, eps: float = 1e-6, scale_by_std: bool = True) -> Tensor:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tokencredit.advantage.group import broadcast
 from tokencredit.discount import discounted_reverse_cumsum
 from tokencredit.groups import group_stats
-from tokencredit.masked import last_index, masked_whiten
+from tokencredit.masked import last_index, masked_whiten_, masked_whiten_rows
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.shape.outcome import outcome
@@ -24,16 +23,18 @@ def reinforce_pp(rollouts: Rollouts, gamma: float = 1.0) -> Tensor:
     """`G_t = Σ_{k≥t} γ^{k−t} r_k` (token rewards from the `outcome` shape when rewards are per sequence),
     then `A = whiten_batch(G)` over the response tokens.
 
-    A per-sequence reward R sits on the last token L, so there `G_t = γ^{L−t}·R` in closed form (no cumsum)."""
+    A per-sequence reward R sits on the last token L, so there `G_t = γ^{L−t}·R` in closed form (no cumsum);
+    with γ = 1 every token of a response has the return R, and the whitening statistics come from `[B]`."""
     mask = rollouts.mask
     if rollouts.reward.dim() == 2:
         returns = discounted_reverse_cumsum(outcome(rollouts), gamma)
     elif gamma == 1.0:
-        returns = broadcast(rollouts.reward.float(), mask)
+        return masked_whiten_rows(rollouts.reward.float(), mask)
     else:
-        steps = last_index(mask)[:, None] - torch.arange(mask.shape[1], device=mask.device)
-        returns = rollouts.reward.float()[:, None] * torch.pow(gamma, steps.clamp(min=0))
-    return masked_whiten(returns, mask)
+        positions = torch.arange(mask.shape[1], device=mask.device, dtype=torch.float32)
+        steps = (last_index(mask).float()[:, None] - positions).clamp_(min=0)
+        returns = torch.pow(gamma, steps, out=steps).mul_(rollouts.reward.float()[:, None])
+    return masked_whiten_(returns, mask)
 
 
 @register("advantage", "reinforce_pp_baseline")
@@ -43,4 +44,4 @@ def reinforce_pp_baseline(rollouts: Rollouts) -> Tensor:
     reward = rollouts.sequence_reward()
     mean, _, count = group_stats(reward, rollouts.group)
     centred = (reward - mean) * (count > 1)
-    return masked_whiten(broadcast(centred, rollouts.mask), rollouts.mask)
+    return masked_whiten_rows(centred, rollouts.mask)
