@@ -281,9 +281,7 @@ def breakdown(rollouts: tc.Rollouts, runs: int) -> dict[str, Timing]:
             lambda: torch.where(mask, positions, -1).amax(-1), runs),
         "last_index(mask) (8 bytes a word)": median_ms(lambda: last_index(mask), runs),
         "adv[:, None] * mask (bool: avoided)": median_ms(lambda: adv[:, None] * mask, runs),
-        "torch.where(mask, adv[:, None], 0) (a [B,1] column: avoided)": median_ms(
-            lambda: torch.where(mask, adv[:, None], 0.0), runs),
-        "broadcast(adv, mask) (the column expanded to [B,T])": median_ms(lambda: broadcast(adv, mask), runs),
+        "broadcast(adv, mask) (where on a [B,1] column)": median_ms(lambda: broadcast(adv, mask), runs),
         "outcome(rollouts) shape": median_ms(lambda: outcome(rollouts), runs),
         "masked_whiten(x, mask)": median_ms(lambda: masked_whiten(x, mask), runs),
         "masked_whiten_rows(adv, mask) (a value per row)": median_ms(lambda: masked_whiten_rows(adv, mask), runs),
