@@ -1,6 +1,7 @@
 """Speed of the credit stages against straightforward loop references (a script, not a test).
 
-    .venv/bin/python benchmarks/credit_speed.py [--threads 1] [--allocator both|default|keep-heap] [--out PATH]
+    .venv/bin/python benchmarks/credit_speed.py [--threads 1] [--allocator both|default|keep-heap] [--repeats 3]
+                                                [--out PATH]
 
 Batch: B = 4096 responses in groups of 16 (group ids shuffled over the rows, so groups are not contiguous),
 T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random critic values.
@@ -18,7 +19,8 @@ several runs after a warm-up; wall and process CPU time). The ratio is reference
 `cpu_ratio` is the same from process CPU time, which is steadier on a shared machine when --threads 1.
 `ratio_bound` is the reference's time over the cost of one fresh [B,T] float32 output (`torch.zeros(B, T)`):
 every advantage estimator must hand such a tensor back, so no implementation can exceed that ratio.
-Results go to a JSON file.
+Single runs on a shared VM vary up to 2× (the references too), so `--repeats N` measures N times in fresh
+processes and reports per-row medians. Results go to a JSON file.
 
 Allocator: with glibc's defaults a fresh [B,T] float32 temporary (16 MB) is mmap-ed and page-faulted in on
 first touch and handed back on free, and on a VM those faults cost more than the arithmetic. `--allocator
@@ -458,29 +460,59 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--allocator", choices=("both", *ALLOCATORS), default="both",
                         help="glibc allocator setting; 'both' runs each in its own process")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="whole measurements per allocator, each in its own process (alternating allocators); "
+                             "the table shows per-row medians and the JSON keeps every repeat's ratio")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
-    if args.allocator != "both":
+    if args.allocator != "both" and args.repeats == 1:
         result = {"benchmark": "credit_speed", "modes": {args.allocator: measure(args)}}
     else:
-        modes = {}
+        allocators = ALLOCATORS if args.allocator == "both" else (args.allocator,)
+        runs: dict[str, list[dict]] = {allocator: [] for allocator in allocators}
         with tempfile.TemporaryDirectory() as tmp:
-            for allocator in ALLOCATORS:
-                out = Path(tmp) / f"{allocator}.json"
-                command = [sys.executable, __file__, "--allocator", allocator, "--out", str(out),
-                           "--runs", str(args.runs), "--ref-runs", str(args.ref_runs)]
-                if args.threads:
-                    command += ["--threads", str(args.threads)]
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-                modes[allocator] = json.loads(out.read_text())["modes"][allocator]
-        result = {"benchmark": "credit_speed", "modes": modes}
+            for repeat in range(args.repeats):
+                for allocator in allocators:
+                    out = Path(tmp) / f"{allocator}-{repeat}.json"
+                    command = [sys.executable, __file__, "--allocator", allocator, "--out", str(out),
+                               "--runs", str(args.runs), "--ref-runs", str(args.ref_runs)]
+                    if args.threads:
+                        command += ["--threads", str(args.threads)]
+                    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                    runs[allocator].append(json.loads(out.read_text())["modes"][allocator])
+        result = {"benchmark": "credit_speed", "modes": {name: combine(r) for name, r in runs.items()}}
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for mode in result["modes"].values():
         show(mode)
     print(f"wrote {args.out}")
+
+
+def combine(runs: list[dict]) -> dict:
+    """One table from repeated measurements: per-row medians of the times and ratios (each ratio is the median
+    of the repeats' ratios), with every repeat's ratio kept under `ratio_runs`."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    rows = []
+    for i, row in enumerate(first["results"]):
+        same = [run["results"][i] for run in runs]
+        merged = dict(row)
+        for key in ("lib_ms", "lib_cpu_ms", "ref_ms", "ref_cpu_ms", "ratio", "cpu_ratio", "ratio_bound"):
+            values = [r.get(key) for r in same]
+            merged[key] = None if None in values else statistics.median(values)
+        if merged["ratio"] is not None:
+            merged["ratio_runs"] = [r["ratio"] for r in same]
+            merged["meets_target"] = merged["ratio"] >= TARGET
+        rows.append(merged)
+    blocks = {key: {part: statistics.median(run["building_blocks_ms"][key][part] for run in runs)
+                    for part in ("wall_ms", "cpu_ms")} for key in first["building_blocks_ms"]}
+    return {**first, "repeats": len(runs), "results": rows, "building_blocks_ms": blocks,
+            "output_floor_ms": statistics.median(run["output_floor_ms"] for run in runs),
+            "statistic": "per row: median over repeats of (median over runs)",
+            "load_average_at_end": runs[-1]["load_average_at_end"]}
 
 
 def show(result: dict) -> None:
