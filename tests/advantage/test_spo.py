@@ -3,6 +3,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tokencredit as tc
 from tokencredit.advantage.spo import spo_chain_values, spo_cutpoints
@@ -128,3 +130,37 @@ def test_tree_degenerate_and_bad_input():
         spo_tree(tree_batch(), mode="ppo")
     with pytest.raises(ValueError, match=r"Rollouts\.tokens"):
         spo_tree(replace(tree_batch(), tokens=None))
+
+
+def spo_chain_loop(r, threshold, interval, max_cuts, prob_mask):
+    """SPO-chain by loops over rows and tokens, straight from the card."""
+    b, t = r.mask.shape
+    p = r.logprob.exp()
+    out = torch.zeros(b, t)
+    for i in range(b):
+        low = [s for s in range(t) if r.mask[i, s] and p[i, s] < threshold]
+        cuts = low[::interval][:max_cuts]
+        for j, c in enumerate(cuts):
+            end = cuts[j + 1] if j + 1 < len(cuts) else t
+            after = r.value[i, cuts[j + 1]] if j + 1 < len(cuts) else r.reward[i]
+            for s in range(c, end):
+                if r.mask[i, s] and (p[i, s] < threshold or not prob_mask):
+                    out[i, s] = after - r.value[i, c]
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(b=st.integers(1, 5), t=st.integers(0, 12), seed=st.integers(0, 2**16), fill=st.sampled_from([0.5, 0.9, 1.0]),
+       threshold=st.sampled_from([0.0, 0.3, 0.6, 0.9]), interval=st.integers(1, 3), max_cuts=st.integers(1, 4),
+       prob_mask=st.booleans())
+def test_spo_chain_matches_a_loop_over_tokens(b, t, seed, fill, threshold, interval, max_cuts, prob_mask):
+    gen = torch.Generator().manual_seed(seed)
+    r = tc.Rollouts(group=torch.zeros(b, dtype=torch.long), mask=torch.rand(b, t, generator=gen) < fill,
+                    reward=torch.randint(0, 2, (b,), generator=gen).float(),
+                    logprob=-2 * torch.rand(b, t, generator=gen), value=torch.rand(b, t, generator=gen))
+    adv = tc.get("advantage", "spo_chain")(r, threshold=threshold, interval=interval, max_cuts=max_cuts,
+                                          prob_mask=prob_mask)
+    expected = spo_chain_loop(r, threshold, interval, max_cuts, prob_mask)
+    torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-5)
+    cuts = spo_cutpoints(r, threshold, interval, max_cuts)
+    assert cuts.sum(-1).le(max_cuts).all() and not (cuts & ~r.mask).any()

@@ -24,6 +24,7 @@ row of the batch, and the node values are the leaf means of the group's prefix t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.groups import group_stats
+from tokencredit.masked import zero_outside
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.tree import prefix_node_ids, prefix_tree, require_tokens
@@ -44,13 +46,30 @@ if TYPE_CHECKING:  # generation backends stay out of `import tokencredit`
 def spo_cutpoints(rollouts: Rollouts, threshold: float = 0.9, interval: int = 5, max_cuts: int = 25) -> Tensor:
     """Cut positions `[B,T]` bool: low-probability tokens (`exp(logprob) < threshold`), every `interval`-th one
     starting with the first, at most `max_cuts` per response."""
+    rows, cols = _cut_positions(_low_probability(rollouts, threshold), interval, max_cuts)
+    cuts = torch.zeros(rollouts.mask.shape, dtype=torch.bool, device=rollouts.mask.device)
+    cuts[rows, cols] = True
+    return cuts
+
+
+def _low_probability(rollouts: Rollouts, threshold: float) -> Tensor:
+    """`mask & (π_old(o_t) < threshold)` `[B,T]`, compared in log space (no `exp` pass)."""
     if rollouts.logprob is None:
-        raise ValueError("Rollouts.logprob: SPO cut points need behaviour log-probs [B,T]; got None")
+        raise ValueError("Rollouts.logprob: SPO needs behaviour log-probs [B,T] for its cut points and probability "
+                         "mask; got None (spo_tree without them: prob_mask=False)")
+    log_threshold = math.log(threshold) if threshold > 0 else -math.inf
+    return rollouts.mask & (rollouts.logprob < log_threshold)
+
+
+def _cut_positions(candidate: Tensor, interval: int, max_cuts: int) -> tuple[Tensor, Tensor]:
+    """`(rows, cols)` in row-major order of every `interval`-th true entry of `candidate [B,T]` per row, the
+    first one included, at most `max_cuts` per row."""
     if interval < 1 or max_cuts < 1:
         raise ValueError(f"interval, max_cuts: expected >= 1, got {interval}, {max_cuts}")
-    candidate = rollouts.mask & (rollouts.logprob.exp() < threshold)
-    rank = candidate.long().cumsum(-1) - 1
-    return candidate & (rank % interval == 0) & (rank // interval < max_cuts)
+    rank = candidate.cumsum(-1, dtype=torch.int32)  # 1 for a row's first candidate
+    rows, cols = (candidate & (rank <= interval * max_cuts)).nonzero(as_tuple=True)
+    keep = (rank[rows, cols] - 1) % interval == 0
+    return rows[keep], cols[keep]
 
 
 def spo_chain_values(
@@ -66,8 +85,7 @@ def spo_chain_values(
     cut point (0 elsewhere). `examples[i]` is response i's prompt. One batched call to `scorer`."""
     if rollouts.tokens is None:
         raise ValueError("Rollouts.tokens: SPO values need the response token ids [B,T]; got None")
-    cuts = spo_cutpoints(rollouts, threshold, interval, max_cuts)
-    rows, cols = cuts.nonzero(as_tuple=True)
+    rows, cols = _cut_positions(_low_probability(rollouts, threshold), interval, max_cuts)
     tokens = rollouts.tokens.tolist()
     prefixes = [tokens[r][:c] for r, c in zip(rows.tolist(), cols.tolist())]
     value = torch.zeros(rollouts.mask.shape, dtype=torch.float32, device=rollouts.mask.device)
@@ -92,32 +110,30 @@ def spo_chain(
     if rollouts.value is None:
         raise ValueError("Rollouts.value: advantage 'spo_chain' needs Monte-Carlo values at the cut points "
                          "(fill them with tokencredit.advantage.spo.spo_chain_values); got None")
-    cuts = spo_cutpoints(rollouts, threshold, interval, max_cuts)
-    advantage = segment_advantage(cuts, rollouts.value.float() * cuts, rollouts.sequence_reward(), rollouts.mask)
-    return _probability_mask(advantage, rollouts, threshold) if prob_mask else advantage
+    low_probability = _low_probability(rollouts, threshold)
+    rows, cols = _cut_positions(low_probability, interval, max_cuts)
+    cut_value = rollouts.value[rows, cols].float()
+    advantage = segment_advantage(rows, cols, cut_value, rollouts.sequence_reward(), rollouts.mask.shape)
+    return zero_outside(advantage, low_probability if prob_mask else rollouts.mask, out=advantage)
 
 
-def segment_advantage(cuts: Tensor, cut_value: Tensor, terminal: Tensor, mask: Tensor) -> Tensor:
-    """`[B,T]`: token t in segment `[c_j, c_{j+1})` gets `V(c_{j+1}) − V(c_j)`, where `c` are the `cuts [B,T]`,
-    `V(c) = cut_value[b, c]` and the value after the last cut is `terminal [B]`. Tokens before the first cut,
-    and outside `mask`, get 0."""
-    b, t = mask.shape
-    pos = torch.arange(t, device=mask.device).expand(b, t)
-    # segment start: the last cut at or before t (−1: none); next boundary: the first cut after t (t: the end)
-    start = torch.where(cuts, pos, -1).cummax(-1).values
-    nxt = torch.where(cuts, pos, t).flip(-1).cummin(-1).values.flip(-1)
-    nxt = torch.nn.functional.pad(nxt[:, 1:], (0, 1), value=t)
-    value = torch.cat([cut_value, terminal.float()[:, None]], dim=1)  # [B,T+1]
-    advantage = value.gather(1, nxt) - value.gather(1, start.clamp(min=0))
-    return torch.where((start >= 0) & mask, advantage, 0.0)
+def segment_advantage(rows: Tensor, cols: Tensor, cut_value: Tensor, terminal: Tensor,
+                      shape: tuple[int, int] | torch.Size) -> Tensor:
+    """`[B,T]`: token t in segment `[c_j, c_{j+1})` of its row gets `V(c_{j+1}) − V(c_j)`, where the cuts
+    `(rows, cols)` are listed in row-major order with values `cut_value [K]`, and the value after a row's
+    last cut is `terminal [B]`. Tokens before a row's first cut get 0; nothing is masked (callers mask).
 
-
-def _probability_mask(advantage: Tensor, rollouts: Rollouts, threshold: float) -> Tensor:
-    """Zero the advantage of tokens the behaviour policy sampled with probability ≥ `threshold`."""
-    if rollouts.logprob is None:
-        raise ValueError("Rollouts.logprob: SPO's probability mask needs behaviour log-probs [B,T]; got None "
-                         "(or pass prob_mask=False)")
-    return torch.where(rollouts.logprob.exp() < threshold, advantage, 0.0)
+    One cumulative sum: each cut adds the change of the segment difference it starts, so the running sum is
+    the difference of the segment it is in."""
+    same_row_next = rows[1:] == rows[:-1]
+    next_value = terminal.float()[rows]
+    next_value[:-1] = torch.where(same_row_next, cut_value[1:], next_value[:-1])
+    difference = next_value - cut_value
+    change = difference.clone()
+    change[1:] -= torch.where(same_row_next, difference[:-1], 0.0)
+    dense = torch.zeros(shape, device=cut_value.device)
+    dense[rows, cols] = change
+    return dense.cumsum_(-1)
 
 
 SPO_TREE_BRANCHING = (6, 6, 6)  # the paper's tree: depth 3, six children per node
@@ -196,8 +212,8 @@ def spo_tree(
         owner.scatter_reduce_(0, child[known], rows[known], "amin")
         edge = torch.where(~known | (owner[child.clamp(min=0)] == rows), edge, 0.0)
     segment = (torch.arange(t, device=mask.device) // segment_tokens).clamp(max=depth - 1)
-    advantage = torch.where(mask, edge.gather(1, segment.expand(b, t)), 0.0)
-    return _probability_mask(advantage, rollouts, threshold) if prob_mask else advantage
+    trained = _low_probability(rollouts, threshold) if prob_mask else mask
+    return zero_outside(edge.gather(1, segment.expand(b, t)), trained)
 
 
 def _children_std(parent: Tensor, child: Tensor, child_value: Tensor, present: Tensor) -> Tensor:
