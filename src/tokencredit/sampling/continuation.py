@@ -31,7 +31,11 @@ class ContinuationScorer(Protocol):
 
 class TaskContinuations:
     """`ContinuationScorer` backed by a `TransformersSampler` and a `Task` verifier. Prefixes are processed in
-    chunks of `batch_size` rows (prefix × k) to bound memory."""
+    chunks of `batch_size` rows (prefix × k) to bound memory.
+
+    A continuation gets the budget its response had: the sampler's `max_new_tokens` minus the prefix length,
+    so prefix + continuation is never longer than a sampled response can be (a prefix that already fills the
+    budget is scored as it is)."""
 
     def __init__(self, sampler: TransformersSampler, task: Task, batch_size: int = 512) -> None:
         self.sampler, self.task, self.batch_size = sampler, task, batch_size
@@ -43,7 +47,9 @@ class TaskContinuations:
         per_chunk = max(1, self.batch_size // k)
         for start in range(0, len(prefixes), per_chunk):
             ex = list(examples[start : start + per_chunk])
-            samples = self.sampler.continue_from([e.prompt for e in ex], list(prefixes[start : start + per_chunk]), k)
+            chunk = list(prefixes[start : start + per_chunk])
+            budget = [self.sampler.max_new_tokens - len(p) for p in chunk]
+            samples = self.sampler.continue_from([e.prompt for e in ex], chunk, k, max_new_tokens=budget)
             rewards, _ = safe_score(self.task, samples.texts, [e for e in ex for _ in range(k)])
             out[start : start + len(ex)] = rewards.view(len(ex), k)
         return out

@@ -9,6 +9,7 @@ tempered distribution (verl's convention).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,21 +82,32 @@ class TransformersSampler:
 
     @torch.no_grad()
     def continue_from(self, prompts: list[str], prefixes: list[list[int]], k: int,
-                      max_new_tokens: int | None = None) -> Samples:
+                      max_new_tokens: int | Sequence[int] | None = None) -> Samples:
         """k continuations of each response prefix (token ids after the prompt), `N·k` rows, prompt-major,
-        of at most `max_new_tokens` tokens (default: the sampler's).
+        of at most `max_new_tokens` tokens: one limit for all (default: the sampler's) or one per prefix.
 
-        The returned `response_*` tensors hold the continuation only; `texts` hold prefix + continuation, the
-        whole response a verifier scores."""
+        Per-prefix limits are applied by sampling up to the largest and cutting each continuation at its own
+        limit (a continuation cut before its EOS is `truncated`), which draws from the same distribution as
+        stopping each row at its limit. The returned `response_*` tensors hold the continuation only; `texts`
+        hold prefix + continuation, the whole response a verifier scores."""
+        if max_new_tokens is None or isinstance(max_new_tokens, int):
+            limits = None
+        else:
+            if len(max_new_tokens) != len(prefixes):
+                raise ValueError(f"max_new_tokens: expected one limit per prefix ({len(prefixes)}), "
+                                 f"got {len(max_new_tokens)}")
+            limits = torch.tensor(list(max_new_tokens), device=self.model.device).clamp(min=0).repeat_interleave(k)
+            max_new_tokens = max(int(limits.max()), 1) if len(limits) else 1
         encoded = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
         rows = [list(p) + list(x) for p, x in zip(encoded, prefixes) for _ in range(k)]
         ids, mask = self._left_pad(rows)
-        out = self._generate(ids, mask, greedy=False, max_new_tokens=max_new_tokens)
+        out = self._generate(ids, mask, greedy=False, max_new_tokens=max_new_tokens, limits=limits)
         heads = self.tokenizer.batch_decode([list(x) for x in prefixes for _ in range(k)], skip_special_tokens=True)
         out.texts = [h + t for h, t in zip(heads, out.texts)]
         return out
 
-    def _generate(self, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool, max_new_tokens: int | None) -> Samples:
+    def _generate(self, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool, max_new_tokens: int | None,
+                  limits: Tensor | None = None) -> Samples:
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(
@@ -114,13 +126,17 @@ class TransformersSampler:
         self.model.train(was_training)
         response_ids = out.sequences[:, prompt_ids.shape[1]:]
         logits = torch.stack(out.logits, dim=1)
-        return self._package(prompt_ids, prompt_mask, response_ids, logits, 1.0 if greedy else self.temperature)
+        temperature = 1.0 if greedy else self.temperature
+        return self._package(prompt_ids, prompt_mask, response_ids, logits, temperature, limits)
 
-    def _package(self, prompt_ids, prompt_mask, response_ids, logits, temperature) -> Samples:
+    def _package(self, prompt_ids, prompt_mask, response_ids, logits, temperature, limits=None) -> Samples:
         is_eos = response_ids == self.eos_id
+        if limits is not None:  # tokens past a row's limit were never sampled, as far as the caller knows
+            within = torch.arange(response_ids.shape[1], device=response_ids.device) < limits[:, None]
+            is_eos &= within
         # a response ends at its first EOS (included); everything after it is padding
         after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
-        response_mask = ~after_eos
+        response_mask = ~after_eos if limits is None else ~after_eos & within
         truncated = ~is_eos.any(-1)
         logprob, entropy = token_logprob_entropy(logits, response_ids, temperature)
         response_ids = response_ids.masked_fill(~response_mask, self.pad_id)
