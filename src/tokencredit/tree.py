@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.groups import group_index
+from tokencredit.masked import last_index
 from tokencredit.rollouts import Rollouts
 
 _INT32 = torch.iinfo(torch.int32)
@@ -258,28 +259,6 @@ class _Structure:
     length: Tensor  # [B] L_i
 
 
-def _lengths(mask: Tensor) -> Tensor:
-    """`L_i` = last masked position + 1 (0 when the row is fully masked), `[B]` int64."""
-    b, t = mask.shape
-    if t % 8 == 0 and mask.is_contiguous():
-        # 8 mask bytes per int64 word: find the last non-zero word, then the last non-zero byte in it
-        words = mask.view(torch.int64).view(b, t // 8)
-        nonzero = (words != 0).flip(1)
-        last_word = (t // 8 - 1) - nonzero.view(torch.uint8).argmax(1)
-        has = nonzero.any(1)
-        word = words.gather(1, last_word.clamp(min=0)[:, None]).squeeze(1)
-        shifts = torch.arange(8, device=mask.device) * 8
-        byte_set = ((word[:, None] >> shifts) & 0xFF) != 0  # byte k of the word is position 8·w + k
-        if torch.tensor([1], dtype=torch.int16).view(torch.uint8)[0] == 0:  # pragma: no cover - big-endian
-            byte_set = byte_set.flip(1)
-        last_byte = 7 - byte_set.flip(1).view(torch.uint8).argmax(1)
-        return torch.where(has, last_word * 8 + last_byte + 1, 0)
-    flipped = mask.flip(1)
-    last_from_end = flipped.view(torch.uint8).argmax(1, keepdim=True)
-    has = flipped.gather(1, last_from_end).squeeze(1)
-    return torch.where(has, t - last_from_end.squeeze(1), 0)
-
-
 def _keys(tokens: Tensor) -> Tensor:
     """`[B, W]` token ids, W = T rounded up to a multiple of `_BLOCK` (zero columns appended if needed), as
     int32 whenever the ids fit (int64 arithmetic is not vectorised on most CPUs, and half the bytes).
@@ -421,7 +400,7 @@ def _segments(counts: Tensor) -> tuple[Tensor, Tensor]:
 def _structure(tokens: Tensor, mask: Tensor, group: Tensor) -> _Structure:
     b, t = mask.shape
     dev = mask.device
-    length = _lengths(mask)
+    length = last_index(mask) + 1  # L_i: last masked position + 1, 0 for an empty row
     keys = _keys(tokens)
     gi, g = group_index(group)
     size_g = torch.bincount(gi, minlength=g)

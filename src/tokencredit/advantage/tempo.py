@@ -8,10 +8,9 @@ No official code was found; the equation below follows the algorithm card (`spec
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from tokencredit.advantage.group import grpo_sequence_advantage
+from tokencredit.advantage.group import broadcast, grpo_sequence_advantage
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.tree import prefix_delta, require_tokens
@@ -50,7 +49,7 @@ def tempo(rollouts: Rollouts, lam: float = 1.0, eps: float = 1e-6) -> Tensor:
     """
     tokens = require_tokens(rollouts, "advantage tempo")
     seq = grpo_sequence_advantage(rollouts, eps)
-    base = torch.where(rollouts.mask, seq[:, None], 0.0)
+    base = broadcast(seq, rollouts.mask)
     if lam == 0:
         return base
     return prefix_delta(tokens, rollouts.mask, rollouts.group, seq, scale=lam, base=base)
