@@ -7,11 +7,11 @@ import torch
 from tokencredit import recipe
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.rollouts import Rollouts
-from tokencredit.sampling.hf import TransformersSampler
+from tokencredit.sampling.hf import TransformersSampler, policy_logprob
 from tokencredit.tasks import BUILTIN_TASKS, Example, Task
 from tokencredit.train import Trainer, train
 from tokencredit.train.critic import critic_values, explained_variance, load_critic, value_target
-from tokencredit.train.trainer import accumulate_value_gradient, make_rollouts
+from tokencredit.train.trainer import accumulate_value_gradient, make_rollouts, per_token_in_micro_batches
 from tokencredit.tree import tvm_labels
 from train.test_trainer import TIMING_KEYS, TINY, tiny_config
 
@@ -121,6 +121,21 @@ def test_value_of_token_t_sees_only_the_prompt_and_earlier_tokens(tiny_path, bat
             torch.testing.assert_close(solo[0], value[i], atol=1e-5, rtol=0)
             prompt_only = critic(input_ids=alone).logits[0, -1, 0]
             torch.testing.assert_close(prompt_only, value[i, 0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("micro_batch_size", [1, 3])
+def test_no_grad_passes_in_micro_batches_equal_one_pass(tiny_path, batch, micro_batch_size):
+    """Critic values and reference log-probs are computed micro-batch by micro-batch, each narrowed to its
+    longest response; inside each response they equal one pass over the whole batch."""
+    samples, _ = batch
+    critic = _random_head(load_critic(tiny_path))
+    policy, _ = load_model(tiny_path)
+    inputs = (samples.prompt_ids, samples.prompt_mask, samples.response_ids)
+    mask = samples.response_mask
+    for fn in (lambda *x: critic_values(critic, *x), lambda *x: policy_logprob(policy, *x, 0.7)[0]):
+        chunked = per_token_in_micro_batches(fn, samples, micro_batch_size)
+        assert chunked.shape == mask.shape and not chunked.requires_grad
+        torch.testing.assert_close(chunked[mask], fn(*inputs)[mask].detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_critic_starts_at_zero_and_loads_gpt2_bodies(tiny_path, tmp_path):

@@ -36,7 +36,8 @@ class RLConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     ppo_epochs: int = Field(1, ge=1)
     minibatch_size: int = Field(128, ge=1, description="responses per optimizer step")
-    micro_batch_size: int = Field(64, ge=1, description="responses per forward/backward")
+    micro_batch_size: int = Field(64, ge=1, description="responses per forward/backward (and per no-grad pass of the "
+                                  "reference model and the critic)")
     lr: float = Field(1e-4, gt=0)
     warmup: int = Field(3, ge=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -14,6 +14,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from tokencredit.advantage.spo import SPO_TREE_BRANCHING, SPO_TREE_SEGMENT_TOKENS, spo_chain_values
-from tokencredit.masked import masked_mean, token_count, zero_outside
+from tokencredit.masked import last_index, masked_mean, token_count, zero_outside
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.recipes import Recipe, at_progress, recipe
 from tokencredit.rewards import safe_score
@@ -60,7 +61,22 @@ def make_rollouts(samples: Samples, rewards: Tensor, group: Tensor, ref_logprob:
 
 def _longest(mask: Tensor) -> int:
     """The longest response of a micro-batch (at least 1): micro-batches are narrowed to it."""
-    return int(token_count(mask, -1).max().clamp(min=1))
+    return max(int(last_index(mask).max()) + 1, 1)
+
+
+@torch.no_grad()
+def per_token_in_micro_batches(
+    fn: Callable[[Tensor, Tensor, Tensor], Tensor], samples: Samples, micro_batch_size: int
+) -> Tensor:
+    """`fn(prompt_ids, prompt_mask, response_ids) -> [n, w]` over all of `samples`, `micro_batch_size` rows at a
+    time, each micro-batch narrowed to its longest response: `[N,T]` float32, 0 past each micro-batch's width.
+    A model's no-grad pass over the whole batch at once would hold `[N,T,V]` logits."""
+    response_ids = samples.response_ids
+    out = torch.zeros(response_ids.shape, device=response_ids.device)
+    for idx in torch.arange(len(response_ids), device=response_ids.device).split(micro_batch_size):
+        width = _longest(samples.response_mask[idx])
+        out[idx, :width] = fn(samples.prompt_ids[idx], samples.prompt_mask[idx], response_ids[idx, :width]).float()
+    return out
 
 
 def accumulate_policy_gradient(
@@ -319,9 +335,9 @@ class Trainer:
         rewards, failures = safe_score(self.task, samples.texts, expanded)
         ref_logprob = None
         if self.ref_model is not None:
-            with torch.no_grad():
-                ref_logprob = policy_logprob(self.ref_model, samples.prompt_ids, samples.prompt_mask,
-                                             samples.response_ids, cfg.temperature)[0] * samples.response_mask
+            ref_logprob = per_token_in_micro_batches(
+                lambda *inputs: policy_logprob(self.ref_model, *inputs, cfg.temperature)[0], samples,
+                cfg.micro_batch_size) * samples.response_mask
         rollouts = make_rollouts(samples, rewards.to(samples.logprob.device), group.to(samples.logprob.device),
                                  ref_logprob)
         # value estimation: where Rollouts.value comes from, per advantage
@@ -331,8 +347,8 @@ class Trainer:
             rollouts = spo_chain_values(self.continuations, expanded, rollouts,
                                         **{k: v for k, v in params.items() if k in spo_keys})
         elif self.critic is not None:  # gae: the critic's V(s_t), the state before each response token
-            with torch.no_grad():
-                value = critic_values(self.critic, samples.prompt_ids, samples.prompt_mask, samples.response_ids)
+            value = per_token_in_micro_batches(lambda *inputs: critic_values(self.critic, *inputs), samples,
+                                               cfg.micro_batch_size)
             rollouts = replace(rollouts, value=zero_outside(value, samples.response_mask))
         credit = self.recipe.credit(rollouts, progress=progress)
         kept = credit.keep.nonzero().squeeze(-1)
