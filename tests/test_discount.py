@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,3 +31,9 @@ def test_long_sequence_small_gamma_stays_finite():
     y = discounted_reverse_cumsum(x, 0.5)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y[:, 0], torch.full((2,), 2.0))
+
+
+def test_out_must_not_share_memory_with_the_input():
+    x = torch.randn(2, 64)
+    with pytest.raises(ValueError, match="out"):
+        discounted_reverse_cumsum(x, 0.9, out=x)

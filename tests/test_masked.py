@@ -85,3 +85,14 @@ def test_zero_outside_broadcasts_a_column_and_masks_in_place():
     assert zero_outside(column, MASK).tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [3.0, 0.0, 3.0]]
     x = torch.ones(3, 3)
     assert zero_outside(x, MASK, out=x) is x and x.sum().item() == 4
+
+
+def test_masks_must_be_bool_and_empty_rows_cannot_spread_nan():
+    with pytest.raises(ValueError, match="mask: expected a bool tensor"):
+        token_count(MASK.float())
+    with pytest.raises(ValueError, match="mask: expected a bool tensor"):
+        last_index(MASK.int())
+    white = masked_whiten_rows(torch.tensor([1.0, float("nan"), 3.0]), MASK)  # row 1 has no tokens
+    assert torch.isfinite(white).all() and white[1].abs().sum() == 0
+    assert masked_whiten_rows(torch.tensor([1, 5, 3]), MASK).dtype == torch.float32
+    assert masked_sum(MASK, MASK).dtype == torch.float32  # integer inputs are promoted, as before

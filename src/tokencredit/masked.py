@@ -19,7 +19,8 @@ from torch import Tensor
 def zero_outside(x: Tensor, mask: Tensor, out: Tensor | None = None) -> Tensor:
     """`x` where `mask`, 0 elsewhere (also where `x` is NaN or inf outside the mask). `x` may broadcast against
     `mask` (e.g. a `[B,1]` column); `out=x` masks in place."""
-    return torch.where(mask, x, x.new_zeros(()), out=out)
+    zero = torch.zeros((), dtype=torch.result_type(x, 0.0), device=x.device)  # integer inputs become float
+    return torch.where(mask, x, zero, out=out)
 
 
 _WORD = 8  # mask bytes per int64 word
@@ -59,6 +60,8 @@ def last_index(mask: Tensor) -> Tensor:
 
 def _words(mask: Tensor) -> Tensor:
     """`mask` as rows of int64 words `[R, ceil(T/8)]`, 8 mask bytes each (padded with false where needed)."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask: expected a bool tensor, got {mask.dtype}")
     rows = mask.reshape(math.prod(mask.shape[:-1]), mask.shape[-1]) if mask.dim() else mask.reshape(1, 1)
     width = -(-rows.shape[1] // _WORD) * _WORD
     if not rows.numel():
@@ -96,7 +99,7 @@ def _whiten_zeroed_(x: Tensor, mask: Tensor, eps: float) -> Tensor:
     n = token_count(mask)
     mean = x.sum() / n.clamp(min=1)
     centred = zero_outside(x.sub_(mean), mask, out=x)
-    flat = centred.view(-1)
+    flat = centred.reshape(-1)
     var = torch.dot(flat, flat) / (n - 1).clamp(min=1)  # no [B,T] temporary for the squares
     return centred.mul_(torch.rsqrt(var + eps) * (n > 1))
 
@@ -107,8 +110,8 @@ def masked_whiten_rows(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tenso
     The only `[B,T]` pass is the output."""
     count = token_count(mask, -1).double()
     n = count.sum()
-    v = values.double()
+    v = torch.where(count > 0, values.double(), 0.0)  # a row without tokens adds nothing, not even a NaN
     mean = (count * v).sum() / n.clamp(min=1)
     var = (count * (v - mean).square()).sum() / (n - 1).clamp(min=1)
     white = (v - mean) * torch.rsqrt(var + eps) * (n > 1)
-    return zero_outside(white.to(values.dtype)[:, None], mask)
+    return zero_outside(white.to(values.dtype if values.is_floating_point() else torch.float32)[:, None], mask)

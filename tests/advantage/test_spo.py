@@ -157,10 +157,16 @@ def test_spo_chain_matches_a_loop_over_tokens(b, t, seed, fill, threshold, inter
     gen = torch.Generator().manual_seed(seed)
     r = tc.Rollouts(group=torch.zeros(b, dtype=torch.long), mask=torch.rand(b, t, generator=gen) < fill,
                     reward=torch.randint(0, 2, (b,), generator=gen).float(),
-                    logprob=-2 * torch.rand(b, t, generator=gen), value=torch.rand(b, t, generator=gen))
+                    logprob=-2 * torch.rand(b, t, generator=gen),
+                    value=torch.randint(0, 3, (b, t), generator=gen) / 3)  # ties: equal values give exact zeros
     adv = tc.get("advantage", "spo_chain")(r, threshold=threshold, interval=interval, max_cuts=max_cuts,
                                           prob_mask=prob_mask)
     expected = spo_chain_loop(r, threshold, interval, max_cuts, prob_mask)
-    torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adv, expected, rtol=0, atol=0)
     cuts = spo_cutpoints(r, threshold, interval, max_cuts)
     assert cuts.sum(-1).le(max_cuts).all() and not (cuts & ~r.mask).any()
+
+
+def test_an_interval_beyond_int32_keeps_the_first_cut():
+    r = batch(torch.zeros(2, 6))
+    assert spo_cutpoints(r, interval=2**40, max_cuts=2**20).nonzero().tolist() == [[0, 0], [1, 1]]

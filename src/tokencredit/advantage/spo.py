@@ -67,7 +67,10 @@ def _cut_positions(candidate: Tensor, interval: int, max_cuts: int) -> tuple[Ten
     if interval < 1 or max_cuts < 1:
         raise ValueError(f"interval, max_cuts: expected >= 1, got {interval}, {max_cuts}")
     rank = candidate.cumsum(-1, dtype=torch.int32)  # 1 for a row's first candidate
-    rows, cols = (candidate & (rank <= interval * max_cuts)).nonzero(as_tuple=True)
+    width = max(candidate.shape[-1], 1)
+    interval = min(interval, width)  # a row has at most T candidates: same cuts, and int32-safe arithmetic
+    last_rank = min(interval * max_cuts, width)
+    rows, cols = (candidate & (rank <= last_rank)).nonzero(as_tuple=True)
     keep = (rank[rows, cols] - 1) % interval == 0
     return rows[keep], cols[keep]
 
@@ -123,17 +126,31 @@ def segment_advantage(rows: Tensor, cols: Tensor, cut_value: Tensor, terminal: T
     `(rows, cols)` are listed in row-major order with values `cut_value [K]`, and the value after a row's
     last cut is `terminal [B]`. Tokens before a row's first cut get 0; nothing is masked (callers mask).
 
-    One cumulative sum: each cut adds the change of the segment difference it starts, so the running sum is
-    the difference of the segment it is in."""
+    Each row's segment differences go into a small table `[B, cuts + 1]` (column 0: before the first cut);
+    a token reads the column given by the number of cuts at or before it. Exact: a segment whose values are
+    equal gets exactly 0 (a running sum of changes would leave rounding residue, and signs of summed
+    advantages decide `negative_samples` and `balanced`)."""
+    b = shape[0]
+    dev = cut_value.device
     same_row_next = rows[1:] == rows[:-1]
-    next_value = terminal.float()[rows]
+    next_value = terminal.to(cut_value.dtype)[rows]
     next_value[:-1] = torch.where(same_row_next, cut_value[1:], next_value[:-1])
-    difference = next_value - cut_value
-    change = difference.clone()
-    change[1:] -= torch.where(same_row_next, difference[:-1], 0.0)
-    dense = torch.zeros(shape, device=cut_value.device)
-    dense[rows, cols] = change
-    return dense.cumsum_(-1)
+    cuts_per_row = torch.bincount(rows, minlength=b)
+    column = torch.arange(len(rows), device=dev) - (cuts_per_row.cumsum(0) - cuts_per_row)[rows] + 1
+    width = int(cuts_per_row.max()) + 1 if b else 1
+    table = torch.zeros(b, width, dtype=cut_value.dtype, device=dev)
+    table[rows, column] = next_value - cut_value
+    is_cut = torch.zeros(shape, dtype=torch.bool, device=dev)
+    is_cut[rows, cols] = True
+    out = torch.empty(shape, dtype=cut_value.dtype, device=dev)
+    for chunk in range(0, b, _ROWS_PER_GATHER):  # the int64 gather index stays small and in cache
+        part = slice(chunk, chunk + _ROWS_PER_GATHER)
+        segment = is_cut[part].cumsum(-1, dtype=torch.int32).long()
+        torch.gather(table[part], 1, segment, out=out[part])
+    return out
+
+
+_ROWS_PER_GATHER = 256
 
 
 SPO_TREE_BRANCHING = (6, 6, 6)  # the paper's tree: depth 3, six children per node

@@ -90,6 +90,8 @@ class TransformersSampler:
         limit (a continuation cut before its EOS is `truncated`), which draws from the same distribution as
         stopping each row at its limit. The returned `response_*` tensors hold the continuation only; `texts`
         hold prefix + continuation, the whole response a verifier scores."""
+        if isinstance(max_new_tokens, int) and max_new_tokens <= 0:
+            max_new_tokens = [0] * len(prefixes)  # nothing to sample: every continuation is empty
         if max_new_tokens is None or isinstance(max_new_tokens, int):
             limits = None
         else:

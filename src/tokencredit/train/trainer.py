@@ -72,7 +72,7 @@ def per_token_in_micro_batches(
     time, each micro-batch narrowed to its longest response: `[N,T]` float32, 0 past each micro-batch's width.
     A model's no-grad pass over the whole batch at once would hold `[N,T,V]` logits."""
     response_ids = samples.response_ids
-    out = torch.zeros(response_ids.shape, device=response_ids.device)
+    out = torch.zeros(response_ids.shape, dtype=torch.float32, device=response_ids.device)
     for idx in torch.arange(len(response_ids), device=response_ids.device).split(micro_batch_size):
         width = _longest(samples.response_mask[idx])
         out[idx, :width] = fn(samples.prompt_ids[idx], samples.prompt_mask[idx], response_ids[idx, :width]).float()
