@@ -71,8 +71,14 @@ def _cut_positions(candidate: Tensor, interval: int, max_cuts: int) -> tuple[Ten
     interval = min(interval, width)  # a row has at most T candidates: same cuts, and int32-safe arithmetic
     last_rank = min(interval * max_cuts, width)
     rows, cols = (candidate & (rank <= last_rank)).nonzero(as_tuple=True)
-    keep = (rank[rows, cols] - 1) % interval == 0
+    keep = _rank_in_row(rows, candidate.shape[0]) % interval == 0
     return rows[keep], cols[keep]
+
+
+def _rank_in_row(rows: Tensor, num_rows: int) -> Tensor:
+    """0-based position of each entry among its row's entries, for row ids `rows [K]` in ascending order."""
+    per_row = torch.bincount(rows, minlength=num_rows)
+    return torch.arange(len(rows), device=rows.device) - (per_row.cumsum(0) - per_row)[rows]
 
 
 def spo_chain_values(
@@ -135,9 +141,8 @@ def segment_advantage(rows: Tensor, cols: Tensor, cut_value: Tensor, terminal: T
     same_row_next = rows[1:] == rows[:-1]
     next_value = terminal.to(cut_value.dtype)[rows]
     next_value[:-1] = torch.where(same_row_next, cut_value[1:], next_value[:-1])
-    cuts_per_row = torch.bincount(rows, minlength=b)
-    column = torch.arange(len(rows), device=dev) - (cuts_per_row.cumsum(0) - cuts_per_row)[rows] + 1
-    width = int(cuts_per_row.max()) + 1 if b else 1
+    column = _rank_in_row(rows, b) + 1
+    width = int(column.max()) + 1 if len(column) else 1
     table = torch.zeros(b, width, dtype=cut_value.dtype, device=dev)
     table[rows, column] = next_value - cut_value
     is_cut = torch.zeros(shape, dtype=torch.bool, device=dev)
