@@ -180,7 +180,8 @@ def critical(
     k: int = typer.Option(64, min=1, help="continuations sampled per prefix"),
     mode: str = typer.Option("scan", help="scan: every prefix (the paper); binary: bisection, assumes one collapse"),
     temperature: float = TEMPERATURE,
-    max_new_tokens: int = typer.Option(48, min=1, help="token budget of a response (a continuation gets what its prefix left)"),
+    max_new_tokens: int = typer.Option(48, min=1,
+                                       help="token budget of a response (a continuation gets what its prefix left)"),
     seed: int = SEED,
     out: Path = typer.Option(Path("critical_tokens.jsonl"), help="one JSON line per failed response"),
 ) -> None:
