@@ -1,5 +1,6 @@
 import random
 
+import pytest
 import torch
 
 from tokencredit.models import create_tiny_model, load_model
@@ -51,6 +52,8 @@ def test_continuations_keep_the_response_budget(tmp_path):
     assert (out.truncated[cut] | (out.response_ids[cut, (budgets[cut] - 1).clamp(min=0)] == tok.eos_token_id)).all()
     assert out.texts[6] == out.texts[7] == "abcdef"
     assert (out.logprob[~out.response_mask] == 0).all()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sampler.sample(["1+1="], max_new_tokens=0)
     none = sampler.continue_from(["1+1="], [ids[:3]], 2, max_new_tokens=0)
     assert none.response_mask.sum() == 0 and none.truncated.all() and none.texts == ["abc", "abc"]
 

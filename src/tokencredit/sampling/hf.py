@@ -76,7 +76,11 @@ class TransformersSampler:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], *, greedy: bool = False, max_new_tokens: int | None = None) -> Samples:
-        """One response per prompt (repeat a prompt G times for a group)."""
+        """One response per prompt (repeat a prompt G times for a group), of at most `max_new_tokens` tokens
+        (default: the sampler's)."""
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected >= 1 (or None for the sampler's {self.max_new_tokens}), "
+                             f"got {max_new_tokens}")
         prompt_ids, prompt_mask = self.encode_prompts(prompts)
         return self._generate(prompt_ids, prompt_mask, greedy, max_new_tokens)
 
@@ -119,7 +123,7 @@ class TransformersSampler:
             temperature=None if greedy else self.temperature,
             top_p=None if greedy else self.top_p,
             top_k=None if greedy else 0,
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
