@@ -224,6 +224,72 @@ def critical(
                   f"{sum(r['samples'] for r in rows)} continuations sampled; wrote {escape(str(out))}")
 
 
+# advantages whose inputs `inspect` cannot produce from one batch of sampled responses
+_NOT_INSPECTABLE = {"gae": "a trained critic", "spo_tree": "responses sampled as a segment tree"}
+
+
+@app.command("inspect")
+def inspect_credit(
+    checkpoint: Path = CHECKPOINT,
+    task: str = TASK,
+    task_param: list[str] = TASK_PARAMS,
+    recipes: str = typer.Option("grpo,tempo,forking,spo_chain", help="comma-separated presets to compare"),
+    prompts: int = typer.Option(4, min=1, help="held-out prompts"),
+    group_size: int = typer.Option(8, min=2, help="responses sampled per prompt"),
+    temperature: float = TEMPERATURE,
+    max_new_tokens: int = typer.Option(48, min=1, help="token budget of a response"),
+    seed: int = SEED,
+    out: Path = typer.Option(Path("token_credit.html"), help="the HTML report"),
+) -> None:
+    """Which tokens get the credit: one batch of sampled responses, each recipe's per-token credit, as HTML."""
+    import torch
+
+    from tokencredit.advantage.spo import spo_chain_values_for
+    from tokencredit.inspect.report import credit_report
+    from tokencredit.rewards import safe_score
+    from tokencredit.sampling import TransformersSampler
+    from tokencredit.sampling.continuation import TaskContinuations
+    from tokencredit.tasks import examples
+    from tokencredit.train.trainer import EVAL_SEED_OFFSET, make_rollouts
+
+    names = [n.strip() for n in recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in tc.PRESETS]
+    if unknown or not names:
+        _fail(f"--recipes: unknown {unknown or names}; presets: {sorted(tc.PRESETS)}")
+    chosen = [tc.recipe(n) for n in names]
+    for r in chosen:
+        if r.advantage in _NOT_INSPECTABLE:
+            _fail(f"--recipes: {r.name!r} needs {_NOT_INSPECTABLE[r.advantage]}, which inspect does not produce")
+    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
+    torch.manual_seed(seed)
+    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    held_out = examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
+    expanded = [e for e in held_out for _ in range(group_size)]
+    with console.status(f"sampling {prompts} × {group_size} responses"):
+        sampled = sampler.sample([e.prompt for e in expanded])
+        rewards, _ = safe_score(the_task, sampled.texts, expanded)
+    rollouts = make_rollouts(sampled, rewards, torch.arange(prompts).repeat_interleave(group_size), None)
+    for r in chosen:  # SPO-chain's values: Monte-Carlo completions of the prefixes at its cut points
+        if r.advantage == "spo_chain":
+            with console.status("sampling SPO-chain value completions"):
+                scorer = TaskContinuations(sampler, the_task)
+                rollouts = spo_chain_values_for(scorer, expanded, rollouts, r.advantage_params)
+    token_text = [[tokenizer.decode([t]) for t in row[keep].tolist()]
+                  for row, keep in zip(sampled.response_ids, sampled.response_mask)]
+    title = f"token credit: {checkpoint.name} on {task}"
+    page, summary = credit_report(rollouts, chosen, token_text, [e.prompt for e in expanded], title=title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    accuracy = rewards.gt(0.5).float().mean()
+    table = Table(title=f"credit over {prompts} × {group_size} responses (accuracy {accuracy:.0%})")
+    for column in ("recipe", "responses kept", "tokens with credit", "|credit| share of the top 10% tokens"):
+        table.add_column(column)
+    for name, row in summary.items():
+        table.add_row(name, f"{row['kept']:.0%}", f"{row['tokens_with_credit']:.0%}", f"{row['top_share']:.0%}")
+    console.print(table)
+    console.print(f"wrote {escape(str(out))}")
+
+
 def _progress() -> Progress:
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console)

@@ -25,9 +25,9 @@ row of the batch, and the node values are the leaf means of the group's prefix t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -102,6 +102,15 @@ def spo_chain_values(
         rewards = scorer([examples[r] for r in rows.tolist()], prefixes, mc_samples)
         value[rows, cols] = rewards.mean(-1).to(value.device)
     return replace(rollouts, value=value)
+
+
+def spo_chain_values_for(
+    scorer: ContinuationScorer, examples: Sequence[Example], rollouts: Rollouts, advantage_params: Mapping[str, Any]
+) -> Rollouts:
+    """`spo_chain_values` with the value-estimation entries of an `spo_chain` recipe's advantage parameters
+    (`mc_samples`, `threshold`, `interval`, `max_cuts`; the others only shape the advantage)."""
+    keys = ("mc_samples", "threshold", "interval", "max_cuts")
+    return spo_chain_values(scorer, examples, rollouts, **{k: v for k, v in advantage_params.items() if k in keys})
 
 
 @register("advantage", "spo_chain")

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from tokencredit.advantage.spo import SPO_TREE_BRANCHING, SPO_TREE_SEGMENT_TOKENS, spo_chain_values
+from tokencredit.advantage.spo import SPO_TREE_BRANCHING, SPO_TREE_SEGMENT_TOKENS, spo_chain_values_for
 from tokencredit.masked import last_index, masked_mean, token_count, zero_outside
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.recipes import Recipe, at_progress, recipe
@@ -343,9 +343,7 @@ class Trainer:
         # value estimation: where Rollouts.value comes from, per advantage
         if self.recipe.advantage == "spo_chain":  # Monte-Carlo values at the cut points, from extra sampling
             params = at_progress(self.recipe.advantage_params, progress)
-            spo_keys = ("mc_samples", "threshold", "interval", "max_cuts")
-            rollouts = spo_chain_values(self.continuations, expanded, rollouts,
-                                        **{k: v for k, v in params.items() if k in spo_keys})
+            rollouts = spo_chain_values_for(self.continuations, expanded, rollouts, params)
         elif self.critic is not None:  # gae: the critic's V(s_t), the state before each response token
             value = per_token_in_micro_batches(lambda *inputs: critic_values(self.critic, *inputs), samples,
                                                cfg.micro_batch_size)

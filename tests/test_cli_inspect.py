@@ -1,0 +1,40 @@
+import pytest
+from typer.testing import CliRunner
+
+from tokencredit.cli import app
+from tokencredit.models import create_tiny_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return create_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=32, layers=1, heads=2, kv_heads=1,
+                             intermediate=64)
+
+
+def test_inspect_writes_the_report_and_prints_the_summary(checkpoint, tmp_path):
+    out = tmp_path / "nested" / "report.html"
+    args = ["inspect", "--checkpoint", str(checkpoint), "--recipes", "grpo, tempo,spo_chain", "--prompts", "2",
+            "--group-size", "3", "--max-new-tokens", "4", "--out", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and page.count("<section>") == 2
+    assert page.count("class='response") == 6 and page.count("<span class='recipe'>spo_chain") == 6
+    for name in ("grpo", "tempo", "spo_chain"):
+        assert f"<td>{name}</td>" in page and name in result.output
+    assert "credit over 2 × 3 responses" in result.output and "wrote" in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--recipes", "grpo,no_such"], "--recipes: unknown ['no_such']"),
+        (["--recipes", " , "], "--recipes: unknown"),
+        (["--recipes", "ppo"], "'ppo' needs a trained critic"),
+        (["--recipes", "spo_tree"], "needs responses sampled as a segment tree"),
+        (["--task", "no_such_task"], "unknown task"),
+    ],
+)
+def test_inspect_bad_input_exits_2(checkpoint, extra, message):
+    result = CliRunner().invoke(app, ["inspect", "--checkpoint", str(checkpoint), *extra], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and message in result.output
