@@ -224,6 +224,40 @@ def critical(
                   f"{sum(r['samples'] for r in rows)} continuations sampled; wrote {escape(str(out))}")
 
 
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run folders, each with the metrics.jsonl that train/demo write"),
+    out: Path = typer.Option(Path("compare.png"), help="the plot; the table goes next to it as .json"),
+) -> None:
+    """Compare training runs: held-out accuracy (start, final, best), reward and speed, as a table and a plot."""
+    from tokencredit.inspect.plots import plot_accuracy
+    from tokencredit.inspect.runs import RECENT_STEPS, eval_history, load_metrics, run_summary
+
+    try:
+        records = {str(run): load_metrics(run) for run in runs}
+    except ValueError as err:
+        _fail(str(err))
+    summaries = {name: run_summary(r) for name, r in records.items()}
+    table = Table(title="runs (held-out greedy accuracy)")
+    table.add_column("run", overflow="fold")
+    for column in ("start", "final", "best", "gain", "RL steps", f"reward (last {RECENT_STEPS})", "sampled tokens/s"):
+        table.add_column(column)
+    for name, s in summaries.items():
+        gain = None if s["start_accuracy"] is None else s["final_accuracy"] - s["start_accuracy"]
+        table.add_row(escape(name), *(_number(s[k]) for k in ("start_accuracy", "final_accuracy", "best_accuracy")),
+                      _number(gain, signed=True), str(s["rl_steps"]), _number(s["recent_reward"]),
+                      _number(s["sampled_tokens_per_s"], digits=0))
+    console.print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_accuracy({name: eval_history(r) for name, r in records.items()}, out, title="held-out greedy accuracy")
+    out.with_suffix(".json").write_text(json.dumps(summaries, indent=2) + "\n")
+    console.print(f"wrote {escape(str(out))} and {escape(str(out.with_suffix('.json')))}")
+
+
+def _number(value: float | None, *, digits: int = 3, signed: bool = False) -> str:
+    return "–" if value is None else f"{value:{'+' if signed else ''}.{digits}f}"
+
+
 # advantages whose inputs `inspect` cannot produce from one batch of sampled responses
 _NOT_INSPECTABLE = {"gae": "a trained critic", "spo_tree": "responses sampled as a segment tree"}
 
