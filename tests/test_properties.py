@@ -5,7 +5,7 @@ The stage functions are discovered through `tc.methods()`, so a newly registered
 editing this file. Each stage is called with the signature `Recipe.credit` / `Recipe.loss` use:
 
     shape, advantage      fn(rollouts)                                   -> [B,T] float, 0 outside mask
-    weight                fn(rollouts, advantage)                        -> [B,T] float, 0 outside mask
+    weight                fn(rollouts, advantage, keep=)                 -> [B,T] float, 0 outside mask
     select                fn(rollouts, advantage)                        -> [B] bool
     objective             fn(logprob, old_logprob, advantage, mask, ...) -> (scalar loss, stats)
     aggregate             fn(loss, mask, advantage=, group=)             -> scalar
@@ -135,15 +135,16 @@ def with_fixed(test):
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _call_on_rollouts(fn, case: Case, *args):
-    """`fn(rollouts, *args)`; on a ValueError naming a missing optional field, again with every field present."""
+def _call_on_rollouts(fn, case: Case, *args, **kwargs):
+    """`fn(rollouts, *args, **kwargs)`; on a ValueError naming a missing optional field, again with every field
+    present."""
     try:
-        return fn(case.rollouts, *args)
+        return fn(case.rollouts, *args, **kwargs)
     except ValueError as error:
         missing = [f for f in OPTIONAL if getattr(case.rollouts, f) is None and f"Rollouts.{f}" in str(error)]
         if not missing:
             raise
-    return fn(case.full, *args)
+    return fn(case.full, *args, **kwargs)
 
 
 def _assert_token_tensor(out, case: Case, what: str) -> None:
@@ -234,10 +235,11 @@ def test_sequence_reward_means_outcome_shaped_token_rewards(case: Case) -> None:
 def test_weight_and_select_stages(case: Case) -> None:
     b = case.mask.shape[0]
     for advantage in (_advantage(case), torch.zeros(case.mask.shape)):
-        for name in tc.names("weight"):
-            out = _call_on_rollouts(tc.get("weight", name), case, advantage)
-            _assert_token_tensor(out, case, f"weight {name!r}")
-            assert out.dtype == torch.float32, f"weight {name!r}: dtype {out.dtype}, contract is float32"
+        for name in tc.names("weight"):  # keep: none given, every other response, none kept
+            for keep in (None, torch.arange(b) % 2 == 0, torch.zeros(b, dtype=torch.bool)):
+                out = _call_on_rollouts(tc.get("weight", name), case, advantage, keep=keep)
+                _assert_token_tensor(out, case, f"weight {name!r} (keep={keep})")
+                assert out.dtype == torch.float32, f"weight {name!r}: dtype {out.dtype}, contract is float32"
         for name in tc.names("select"):
             keep = _call_on_rollouts(tc.get("select", name), case, advantage)
             assert isinstance(keep, torch.Tensor) and keep.dtype == torch.bool, f"select {name!r}: {keep!r}"

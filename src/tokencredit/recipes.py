@@ -84,18 +84,20 @@ class Recipe(BaseModel):
         return replace(rollouts, reward=get("shape", self.shape)(rollouts, **at_progress(self.shape_params, progress)))
 
     def credit(self, rollouts: Rollouts, progress: float = 0.0) -> Credit:
-        """Token rewards, then advantage `[B,T]`, weight `[B,T]` and keep `[B]`, all 0 outside mask."""
+        """Token rewards, then advantage `[B,T]`, keep `[B]` and weight `[B,T]` (the weight stage is handed `keep=`),
+        all 0 outside mask."""
         mask = rollouts.mask
         shaped = self.shaped(rollouts, progress)
         advantage = get("advantage", self.advantage)(shaped, **at_progress(self.advantage_params, progress))
         advantage = zero_outside(advantage, mask)
-        weight = mask.float()
-        if self.weight is not None:
-            weight = get("weight", self.weight)(shaped, advantage, **at_progress(self.weight_params, progress))
-            weight = zero_outside(weight, mask)
         keep = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device)
         if self.select is not None:
             keep = get("select", self.select)(shaped, advantage, **at_progress(self.select_params, progress))
+        weight = mask.float()
+        if self.weight is not None:  # after select: a batch-level token quantile counts the kept responses only
+            weight = get("weight", self.weight)(shaped, advantage, keep=keep,
+                                                **at_progress(self.weight_params, progress))
+            weight = zero_outside(weight, mask)
         return Credit(advantage=advantage, weight=weight, keep=keep)
 
     def aggregation_weight(self, rollouts: Rollouts, credit: Credit) -> Tensor:
@@ -176,6 +178,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Forking tokens: DAPO on the top-20% entropy tokens ("Beyond the 80/20 Rule", Wang et al., 2025)
     "forking": dict(advantage="grpo", select="dynamic_filter", weight="forking_tokens", agg="token_mean",
                     weight_params={"top": 0.2}, objective_params={"clip_low": 0.2, "clip_high": 0.28}),
+    # D³S: the max-variance half of the batch's responses and their top-20% |A|·H tokens, both relaxed linearly
+    # to the whole batch ("Learning More with Less", Wang et al., 2025; the paper's schedule is not published, so
+    # it ends at plain GRPO)
+    "d3s": dict(advantage="grpo", select="d3s_samples", weight="d3s_tokens", agg="seq_mean_token_mean",
+                select_params={"fraction": {"start": 0.5, "end": 1.0}},
+                weight_params={"top": {"start": 0.2, "end": 1.0}}),
 }
 
 

@@ -164,3 +164,9 @@ def test_step_with_every_group_dropped_is_skipped(tmp_path):
     summary = train(tiny_config(tmp_path / "run", "recipe=dapo", "sft.steps=0", "rl.steps=1"))
     rl = next(r for r in _records(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "rl")
     assert summary["finished"] and rl["kept_frac"] == 0.0 and rl["reward"] == 0.0
+
+
+def test_d3s_trains_on_a_down_sampled_batch(tmp_path):
+    summary = train(tiny_config(tmp_path / "run", "recipe=d3s", "sft.steps=0", "rl.steps=2"))
+    kept = [r["kept_frac"] for r in _records(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "rl"]
+    assert summary["finished"] and kept[0] == 0.5  # step 0 (progress 0) keeps half the batch

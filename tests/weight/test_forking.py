@@ -19,3 +19,32 @@ def test_forking_rejects_bad_fraction():
     r = rollouts([1.0], [0], [2], entropy=torch.zeros(1, 2))
     with pytest.raises(ValueError, match="top"):
         tc.get("weight", "forking_tokens")(r, torch.zeros(1, 2), top=0.0)
+
+
+def test_dropped_responses_do_not_count_in_the_quantile():
+    # group 1 is all-equal (dynamic_filter drops it) and holds the batch's highest entropies
+    entropy = torch.tensor([[0.1, 0.4], [0.3, 0.2], [5.0, 6.0], [7.0, 8.0]])
+    r = rollouts([1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [2, 2, 2, 2], entropy=entropy)
+    adv = tc.get("advantage", "grpo")(r)
+    keep = torch.tensor([True, True, False, False])
+    w = tc.get("weight", "forking_tokens")(r, adv, top=0.25, keep=keep)  # 4 kept tokens → the top 1: 0.4
+    assert w[:2].tolist() == [[0, 1], [0, 0]]
+    # the recipe hands the select stage's keep to the weight stage; without it the top 25% of all 8 tokens
+    # (7.0, 8.0) would lie in the dropped group and the kept responses would get no gradient at all
+    credit = tc.recipe("forking", weight_params={"top": 0.25}).credit(r)
+    assert credit.keep.tolist() == keep.tolist() and credit.weight[:2].tolist() == [[0, 1], [0, 0]]
+    assert tc.get("weight", "forking_tokens")(r, adv, top=0.25)[:2].sum() == 0
+
+
+def test_d3s_tokens_rank_advantage_times_entropy_over_kept_responses():
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, 0.0]])
+    entropy = torch.tensor([[0.1, 0.5, 0.2], [0.3, 0.1, 9.0]])  # 9.0 is padding
+    r = rollouts([1.0, 0.0], [0, 0], [3, 2], entropy=entropy)
+    d3s = tc.get("weight", "d3s_tokens")
+    # scores |A|·H: 0.1 0.5 0.2 | 0.6 0.2 → the top 2 of 5 tokens: 0.6 and 0.5
+    assert d3s(r, adv, top=0.4).tolist() == [[0, 1, 0], [1, 0, 0]]
+    # response 1 dropped: the top 1 of response 0's 3 tokens is 0.5 (response 1's weights are not used)
+    assert d3s(r, adv, top=0.4, keep=torch.tensor([True, False]))[0].tolist() == [0, 1, 0]
+    torch.testing.assert_close(d3s(r, adv, top=1.0), r.mask.float())
+    with pytest.raises(ValueError, match=r"Rollouts\.entropy"):
+        d3s(rollouts([1.0], [0], [1]), torch.zeros(1, 1))

@@ -396,7 +396,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "sampled_tokens_per_s": sampled_tokens / max(t_sample, 1e-9),
             "trained_tokens_per_s": trained_tokens / max(t_train, 1e-9),
-            **{k: v for k, v in stats.items() if k != "ratio_max_dev"},
+            # a minibatch's own kept_frac is 1 (only kept rows are trained): the batch's, above, is the one to log
+            **{k: v for k, v in stats.items() if k not in ("ratio_max_dev", "kept_frac")},
             **critic_stats,
         }
 

@@ -1,4 +1,5 @@
-"""High-entropy "forking" tokens."""
+"""Token masks that keep the top fraction of a per-token score: high-entropy "forking" tokens (score H) and
+D³S token down-sampling (score |A|·H)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,51 @@ from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 
 
-@register("weight", "forking_tokens")
-def forking_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2) -> Tensor:
-    """`m_{i,t} = 1[H_{i,t} ≥ τ_ρ]`, τ_ρ the (1−ρ)-quantile of token entropy over the whole batch's response
-    tokens (ρ = `top`, paper value 0.2; ρ = 1 keeps every token). The loss normaliser is unchanged.
-
-    Source: "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective RL for LLM Reasoning"
-    (Wang et al., 2025). Entropy is read from `rollouts.entropy` (the sampling policy's; it equals the
-    current policy's at the first on-policy epoch). Ties at τ are all kept.
-    """
-    if rollouts.entropy is None:
-        raise ValueError("Rollouts.entropy: weight 'forking_tokens' needs token entropies [B,T]; got None")
+def top_fraction_mask(score: Tensor, mask: Tensor, top: float, keep: Tensor | None = None) -> Tensor:
+    """`1[score ≥ τ] · mask` as float32 `[B,T]`, τ the (1−`top`)-quantile of `score` over the response tokens of
+    the kept responses (`mask & keep`; `keep=None` keeps all). The top ⌈…⌉ = round(top·n) scores, at least one,
+    and every score tied with the last of them, pass. No candidate token gives all zeros."""
     if not 0.0 < top <= 1.0:
         raise ValueError(f"top: expected a fraction in (0, 1], got {top}")
-    mask = rollouts.mask
-    values = rollouts.entropy.float()[mask]
+    candidates = mask if keep is None else mask & keep[:, None]
+    values = score[candidates]
     if values.numel() == 0:
         return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     k = max(1, round(top * values.numel()))
     threshold = torch.topk(values, k).values[-1]
-    return ((rollouts.entropy.float() >= threshold) & mask).float()
+    return ((score >= threshold) & mask).float()
+
+
+def _entropy(rollouts: Rollouts, weight: str) -> Tensor:
+    if rollouts.entropy is None:
+        raise ValueError(f"Rollouts.entropy: weight {weight!r} needs token entropies [B,T]; got None")
+    return rollouts.entropy.float()
+
+
+@register("weight", "forking_tokens")
+def forking_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Tensor | None = None) -> Tensor:
+    """`m_{i,t} = 1[H_{i,t} ≥ τ_ρ]`, τ_ρ the (1−ρ)-quantile of token entropy over the response tokens of the
+    batch's kept responses (ρ = `top`, paper value 0.2; ρ = 1 keeps every token). The loss normaliser is
+    unchanged.
+
+    Source: "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective RL for LLM Reasoning"
+    (Wang et al., 2025). Entropy is read from `rollouts.entropy` (the sampling policy's; it equals the
+    current policy's at the first on-policy epoch). Ties at τ are all kept. `keep [B]` (passed by
+    `Recipe.credit` from the select stage) leaves dropped responses out of the quantile, as the paper's DAPO
+    batches hold only the groups that dynamic sampling kept.
+    """
+    return top_fraction_mask(_entropy(rollouts, "forking_tokens"), rollouts.mask, top, keep)
+
+
+@register("weight", "d3s_tokens")
+def d3s_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Tensor | None = None) -> Tensor:
+    """D³S token-level down-sampling: `m_{i,t} = 1[|A_{i,t}|·H_{i,t} ≥ τ_K]`, τ_K the (1−K)-quantile of the score
+    over the response tokens of the kept (sample-selected) responses, K = `top`. With a per-response advantage
+    this ranks tokens by entropy within a response and by |A| across responses. K = 1 keeps every token.
+
+    Source: "Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient Policy
+    Optimization" (Wang et al., 2025). Pair it with the `d3s_samples` select stage (the `d3s` preset); K may
+    follow a schedule over training progress. Ties at τ are all kept.
+    """
+    score = advantage.float().abs() * _entropy(rollouts, "d3s_tokens")
+    return top_fraction_mask(score, rollouts.mask, top, keep)
