@@ -30,6 +30,7 @@ def test_inspect_writes_the_report_and_prints_the_summary(checkpoint, tmp_path):
     [
         (["--recipes", "grpo,no_such"], "--recipes: unknown ['no_such']"),
         (["--recipes", " , "], "--recipes: unknown"),
+        (["--recipes", "grpo,tempo,grpo"], "--recipes: each preset once"),
         (["--recipes", "ppo"], "'ppo' needs a trained critic"),
         (["--recipes", "spo_tree"], "needs responses sampled as a segment tree"),
         (["--task", "no_such_task"], "unknown task"),
@@ -38,3 +39,13 @@ def test_inspect_writes_the_report_and_prints_the_summary(checkpoint, tmp_path):
 def test_inspect_bad_input_exits_2(checkpoint, extra, message):
     result = CliRunner().invoke(app, ["inspect", "--checkpoint", str(checkpoint), *extra], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and message in result.output
+
+
+def test_inspect_resolves_schedules_at_the_given_progress(checkpoint, tmp_path):
+    out = tmp_path / "d3s.html"
+    args = ["inspect", "--checkpoint", str(checkpoint), "--recipes", "d3s", "--prompts", "2", "--group-size", "2",
+            "--max-new-tokens", "3", "--progress", "0.5", "--out", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "at progress 0.5" in out.read_text(encoding="utf-8")
+    assert "75%" in result.output  # d3s keeps 0.5 → 1.0 of the batch: 3 of 4 responses at progress 0.5

@@ -91,6 +91,22 @@ def _task_and_model(task: str, task_param: list[str], checkpoint: Path) -> tuple
         _fail(str(err))
 
 
+def _held_out_sampler(task: str, task_param: list[str], checkpoint: Path, prompts: int, temperature: float,
+                      max_new_tokens: int, seed: int) -> tuple[Any, Any, Any, list[Any]]:
+    """The task, tokenizer, a sampler of the checkpoint's model, and `prompts` held-out examples (the set training
+    evaluates on for `seed`); torch seeded with `seed`."""
+    import torch
+
+    from tokencredit.sampling import TransformersSampler
+    from tokencredit.tasks import examples
+    from tokencredit.train.trainer import EVAL_SEED_OFFSET
+
+    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
+    torch.manual_seed(seed)
+    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    return the_task, tokenizer, sampler, examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output folder"),
@@ -160,14 +176,10 @@ def evaluate_checkpoint(
     seed: int = SEED,
 ) -> None:
     """Greedy accuracy and pass@k of a checkpoint on a task's held-out set."""
-    from tokencredit.sampling import TransformersSampler
-    from tokencredit.tasks import examples
     from tokencredit.train.evaluate import evaluate
-    from tokencredit.train.trainer import EVAL_SEED_OFFSET
 
-    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
-    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
-    held_out = examples(the_task, size, seed=seed + EVAL_SEED_OFFSET)
+    the_task, _, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, size, temperature,
+                                                       max_new_tokens, seed)
     console.print_json(json.dumps(evaluate(sampler, the_task, held_out, pass_k=pass_k)))
 
 
@@ -186,22 +198,16 @@ def critical(
     out: Path = typer.Option(Path("critical_tokens.jsonl"), help="one JSON line per failed response"),
 ) -> None:
     """Critical tokens of a checkpoint's failed responses: where sampled continuations stop succeeding (cDPO)."""
-    import torch
 
     from tokencredit.analysis import critical_tokens
     from tokencredit.analysis.critical_tokens import MODES
     from tokencredit.rewards import safe_score
-    from tokencredit.sampling import TransformersSampler
     from tokencredit.sampling.continuation import TaskContinuations
-    from tokencredit.tasks import examples
-    from tokencredit.train.trainer import EVAL_SEED_OFFSET
 
     if mode not in MODES:
         _fail(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
-    torch.manual_seed(seed)
-    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
-    held_out = examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
+    the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts, temperature,
+                                                               max_new_tokens, seed)
     with console.status(f"sampling {prompts} responses"):
         sampled = sampler.sample([e.prompt for e in held_out])
         rewards, _ = safe_score(the_task, sampled.texts, held_out)
@@ -233,6 +239,11 @@ def compare(
     from tokencredit.inspect.plots import plot_accuracy
     from tokencredit.inspect.runs import RECENT_STEPS, eval_history, load_metrics, run_summary
 
+    if out.suffix == ".json":
+        _fail("--out: the plot's path (e.g. compare.png); the table is written next to it as .json")
+    folders = [run.resolve() for run in runs]
+    if len(set(folders)) != len(folders):
+        _fail(f"runs: each folder once, got {[str(r) for r in runs]}")
     try:
         records = {str(run): load_metrics(run) for run in runs}
     except ValueError as err:
@@ -249,8 +260,8 @@ def compare(
                       _number(s["sampled_tokens_per_s"], digits=0))
     console.print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot_accuracy({name: eval_history(r) for name, r in records.items()}, out, title="held-out greedy accuracy")
     out.with_suffix(".json").write_text(json.dumps(summaries, indent=2) + "\n")
+    plot_accuracy({name: eval_history(r) for name, r in records.items()}, out, title="held-out greedy accuracy")
     console.print(f"wrote {escape(str(out))} and {escape(str(out.with_suffix('.json')))}")
 
 
@@ -270,6 +281,7 @@ def inspect_credit(
     recipes: str = typer.Option("grpo,tempo,forking,spo_chain", help="comma-separated presets to compare"),
     prompts: int = typer.Option(4, min=1, help="held-out prompts"),
     group_size: int = typer.Option(8, min=2, help="responses sampled per prompt"),
+    progress: float = typer.Option(0.0, min=0.0, max=1.0, help="training progress for scheduled parameters"),
     temperature: float = TEMPERATURE,
     max_new_tokens: int = typer.Option(48, min=1, help="token budget of a response"),
     seed: int = SEED,
@@ -279,39 +291,41 @@ def inspect_credit(
     import torch
 
     from tokencredit.advantage.spo import spo_chain_values_for
-    from tokencredit.inspect.report import credit_report
+    from tokencredit.inspect.report import credit_report, token_pieces
+    from tokencredit.recipes import at_progress
     from tokencredit.rewards import safe_score
-    from tokencredit.sampling import TransformersSampler
     from tokencredit.sampling.continuation import TaskContinuations
-    from tokencredit.tasks import examples
-    from tokencredit.train.trainer import EVAL_SEED_OFFSET, make_rollouts
+    from tokencredit.train.trainer import make_rollouts
 
     names = [n.strip() for n in recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in tc.PRESETS]
     if unknown or not names:
         _fail(f"--recipes: unknown {unknown or names}; presets: {sorted(tc.PRESETS)}")
+    if len(set(names)) != len(names):
+        _fail(f"--recipes: each preset once, got {names}")
     chosen = [tc.recipe(n) for n in names]
     for r in chosen:
         if r.advantage in _NOT_INSPECTABLE:
             _fail(f"--recipes: {r.name!r} needs {_NOT_INSPECTABLE[r.advantage]}, which inspect does not produce")
-    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
-    torch.manual_seed(seed)
-    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
-    held_out = examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
+    spo = [r for r in chosen if r.advantage == "spo_chain"]
+    if len(spo) > 1:  # the batch holds one set of cut-point values
+        _fail(f"--recipes: at most one spo_chain recipe, got {[r.name for r in spo]}")
+    the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts, temperature,
+                                                               max_new_tokens, seed)
     expanded = [e for e in held_out for _ in range(group_size)]
     with console.status(f"sampling {prompts} × {group_size} responses"):
         sampled = sampler.sample([e.prompt for e in expanded])
         rewards, _ = safe_score(the_task, sampled.texts, expanded)
     rollouts = make_rollouts(sampled, rewards, torch.arange(prompts).repeat_interleave(group_size), None)
-    for r in chosen:  # SPO-chain's values: Monte-Carlo completions of the prefixes at its cut points
-        if r.advantage == "spo_chain":
-            with console.status("sampling SPO-chain value completions"):
-                scorer = TaskContinuations(sampler, the_task)
-                rollouts = spo_chain_values_for(scorer, expanded, rollouts, r.advantage_params)
-    token_text = [[tokenizer.decode([t]) for t in row[keep].tolist()]
+    if spo:  # SPO-chain's values: Monte-Carlo completions of the prefixes at its cut points, as in training
+        with console.status("sampling SPO-chain value completions"):
+            rollouts = spo_chain_values_for(TaskContinuations(sampler, the_task), expanded, rollouts,
+                                            at_progress(spo[0].advantage_params, progress))
+    token_text = [token_pieces(tokenizer, row[keep].tolist())
                   for row, keep in zip(sampled.response_ids, sampled.response_mask)]
-    title = f"token credit: {checkpoint.name} on {task}"
-    page, summary = credit_report(rollouts, chosen, token_text, [e.prompt for e in expanded], title=title)
+    title = f"token credit: {checkpoint.name} on {task}" + (f" at progress {progress:g}" if progress else "")
+    page, summary = credit_report(rollouts, chosen, token_text, [e.prompt for e in expanded], title=title,
+                                  progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     accuracy = rewards.gt(0.5).float().mean()
@@ -319,7 +333,8 @@ def inspect_credit(
     for column in ("recipe", "responses kept", "tokens with credit", "|credit| share of the top 10% tokens"):
         table.add_column(column)
     for name, row in summary.items():
-        table.add_row(name, f"{row['kept']:.0%}", f"{row['tokens_with_credit']:.0%}", f"{row['top_share']:.0%}")
+        table.add_row(escape(name), f"{row['kept']:.0%}", f"{row['tokens_with_credit']:.0%}",
+                      f"{row['top_share']:.0%}")
     console.print(table)
     console.print(f"wrote {escape(str(out))}")
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tokencredit as tc
-from tokencredit.advantage.spo import spo_chain_values, spo_cutpoints
+from tokencredit.advantage.spo import spo_chain_values, spo_chain_values_for, spo_cutpoints
 from tokencredit.tasks import Example
 
 P = torch.tensor([[0.5, 0.95, 0.3, 0.99, 0.2, 0.0], [0.95, 0.5, 0.95, 0.95, 0.0, 0.0]])
@@ -59,6 +59,21 @@ def test_values_come_from_the_continuation_scorer_contract():
     assert calls == [([[], [0, 1], [0, 1, 2, 3], [6]], 3)]  # the prefix *before* each cut token
     assert r.value[0, 2] == 0.2 and r.value[1, 1] == 0.1 and r.value[0, 1] == 0
     assert math.isclose(r.value[0, 4].item(), 0.4, rel_tol=1e-6)
+
+
+def test_values_for_a_recipe_read_its_value_parameters():
+    calls = []
+
+    def scorer(examples, prefixes, k):
+        calls.append((list(prefixes), k))
+        return torch.zeros(len(prefixes), k)
+
+    ex = [Example(prompt="a", answer="1"), Example(prompt="b", answer="2")]
+    params = {"mc_samples": 2, "interval": 2, "max_cuts": 1, "threshold": 0.9, "prob_mask": False}
+    spo_chain_values_for(scorer, ex, batch(), params)  # prob_mask only shapes the advantage
+    assert calls == [([[], [6]], 2)]  # interval 2 and one cut a row: row 0 cuts at 0, row 1 at 1
+    spo_chain_values_for(scorer, ex, batch(), {**params, "threshold": 0.4, "max_cuts": 25})
+    assert calls[-1] == ([[0, 1]], 2)  # p < 0.4: row 0's 2 and 4 (every 2nd: 2); none in row 1
 
 
 # ------------------------------------------------------------------------------------------------ SPO-tree

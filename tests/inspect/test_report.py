@@ -6,6 +6,7 @@ import torch
 import tokencredit as tc
 from helpers import rollouts
 from tokencredit.inspect import credit_concentration, credit_report
+from tokencredit.inspect.report import token_pieces
 
 
 @pytest.mark.parametrize(
@@ -66,3 +67,40 @@ def test_credit_report_values_summary_and_escaping():
 def test_credit_report_bad_input_names_the_field(text, prompts, recipes, message):
     with pytest.raises(ValueError, match=message):
         credit_report(_batch(), [tc.recipe(n) for n in recipes], text, prompts)
+
+
+def test_report_marks_colour_opacity_outcome_truncation_and_columns():
+    # response 0 has a hole at column 1; response 1 (reward 0) is truncated
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    r = tc.Rollouts(group=torch.tensor([0, 0]), mask=mask, reward=torch.tensor([1.0, 0.0]),
+                    truncated=torch.tensor([False, True]))
+    page, _ = credit_report(r, [tc.recipe("grpo")], [["a", "\n"], ["x", "y", "z"]], ["<b>2+2</b>"] * 2)
+    assert "<pre>&lt;b&gt;2+2&lt;/b&gt;</pre>" in page
+    assert page.count("class='response correct'") == 1 and page.count("· truncated") == 1
+    assert "rgba(0,150,80,1.00)' title=\"t=0 &#x27;a&#x27;" in page  # the largest |credit|: full opacity
+    assert "rgba(210,40,40,1.00)' title=\"t=2 &#x27;z&#x27;" in page  # negative credit is red
+    assert "title=\"t=2 &#x27;\\n&#x27; credit" in page and ">↵\n</span>" in page  # column 2, newline shown as ↵
+
+
+def test_report_of_zero_width_rollouts():
+    r = tc.Rollouts(group=torch.tensor([0, 0]), mask=torch.zeros(2, 0, dtype=torch.bool),
+                    reward=torch.tensor([1.0, 0.0]))
+    page, summary = credit_report(r, [tc.recipe("grpo")], [[], []], ["p", "p"])
+    assert page.count("class='response") == 2 and summary["grpo"]["tokens_with_credit"] == 0.0
+
+
+def test_token_pieces_keep_multibyte_characters_whole():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["café ok", "hello world"], trainers.BpeTrainer(
+        vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    text = "café 🙂 ok"
+    ids = tokenizer.encode(text)
+    assert "\ufffd" in "".join(tokenizer.decode([t]) for t in ids)  # one token at a time breaks 🙂 (4 bytes)
+    pieces = token_pieces(tokenizer, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == text and "🙂" in pieces

@@ -44,12 +44,20 @@ def test_summary_of_a_run_without_rl_or_evaluations():
         "recent_reward": None, "sampled_tokens_per_s": None}
 
 
-def test_load_metrics_errors_name_the_run(tmp_path):
+def test_load_metrics_errors_name_the_run_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"has no metrics\.jsonl"):
         load_metrics(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text("{not json\n")
-    with pytest.raises(ValueError, match="is not JSON lines"):
+    (tmp_path / "metrics.jsonl").write_text('{not json\n{"step": 1}\n')
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
         load_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n[1, 2]\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not a JSON object"):
+        load_metrics(tmp_path)
+
+
+def test_a_cut_off_last_line_is_left_out(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2, "rew')  # killed while writing
+    assert load_metrics(tmp_path) == [{"step": 1}]
 
 
 def test_compare_prints_the_table_and_writes_plot_and_json(tmp_path):
@@ -67,3 +75,22 @@ def test_compare_prints_the_table_and_writes_plot_and_json(tmp_path):
 def test_compare_without_metrics_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["compare", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "has no metrics.jsonl" in result.output
+
+
+def test_compare_plots_runs_whose_pass_at_k_changed(tmp_path):
+    records = [*RECORDS[:2], _rl(1, 0.5, eval_accuracy=0.5, **{"eval_pass@8": 0.75})]  # resumed with pass_k 8
+    run = _write(tmp_path / "a", records)
+    result = CliRunner().invoke(app, ["compare", str(run), "--out", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c.png").is_file() and (tmp_path / "c.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--out", "table.json"], "--out: the plot's path"), (["{a}/"], "runs: each folder once")],
+)
+def test_compare_bad_arguments_exit_2(tmp_path, args, message):
+    run = _write(tmp_path / "a", RECORDS)
+    args = [a.format(a=run) for a in args]
+    result = CliRunner().invoke(app, ["compare", str(run), *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and message in result.output

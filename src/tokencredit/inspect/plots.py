@@ -17,10 +17,10 @@ def plot_accuracy(histories: dict[str, list[dict[str, Any]]], path: Path, *, tit
     for name, history in histories.items():
         steps = [h["step"] for h in history]
         line, = ax.plot(steps, [h["accuracy"] for h in history], marker="o", label=f"{name} greedy")
-        pass_keys = [k for k in (history[0] if history else {}) if k.startswith("pass@")]
+        pass_keys = sorted({k for h in history for k in h if k.startswith("pass@")})  # k may change on resume
         for key in pass_keys:
-            ax.plot(steps, [h[key] for h in history], linestyle="--", color=line.get_color(), alpha=0.6,
-                    label=f"{name} {key}")
+            points = [(h["step"], h[key]) for h in history if key in h]
+            ax.plot(*zip(*points), linestyle="--", color=line.get_color(), alpha=0.6, label=f"{name} {key}")
     ax.set_xlabel("RL step")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(0, 1)

@@ -9,14 +9,15 @@ recipe, each token coloured by its credit (green positive, red negative, opacity
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from tokencredit.masked import token_count
 from tokencredit.recipes import Recipe
 from tokencredit.rollouts import Rollouts
+from tokencredit.weight.forking import top_count
 
 
 def credit_concentration(credit: Tensor, mask: Tensor, top: float = 0.1) -> dict[str, float]:
@@ -24,7 +25,8 @@ def credit_concentration(credit: Tensor, mask: Tensor, top: float = 0.1) -> dict
 
     * `tokens_with_credit`: fraction of response tokens whose credit is non-zero;
     * `top_share`: share of the total |credit| carried by the `top` fraction of response tokens with the largest
-      |credit| (at least one token). Uniform credit gives `top`; credit on a few tokens gives close to 1.
+      |credit| (round(top·n) tokens, at least one, as `forking_tokens` counts). Uniform credit gives `top`;
+      credit on a few tokens gives close to 1.
     An empty mask or zero credit everywhere gives 0 for both.
     """
     if not 0 < top <= 1:
@@ -34,7 +36,7 @@ def credit_concentration(credit: Tensor, mask: Tensor, top: float = 0.1) -> dict
     total = magnitude.sum()
     if n == 0 or total == 0:
         return {"tokens_with_credit": 0.0, "top_share": 0.0}
-    k = max(1, math.ceil(top * n))
+    k = top_count(n, top)
     return {"tokens_with_credit": (magnitude > 0).float().mean().item(),
             "top_share": (magnitude.topk(k).values.sum() / total).item()}
 
@@ -50,7 +52,8 @@ def credit_report(
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """Credit of every recipe on `rollouts`, as a self-contained HTML page and a summary per recipe.
 
-    `token_text[i]` are the strings of response i's masked tokens in order (as many as `mask[i]` is true);
+    `token_text[i]` are the strings of response i's masked tokens in order (as many as `mask[i]` is true; see
+    `token_pieces`);
     `prompts[i]` is the prompt of response i. Responses are shown by group, in order of first appearance. The
     summary holds `credit_concentration` plus `kept` (fraction of responses the select stage keeps).
     """
@@ -94,11 +97,20 @@ section { margin-bottom: 2em; }
 """
 
 
-def _page(title, rollouts, credits, kept, summary, token_text, prompts) -> str:
+def _page(
+    title: str,
+    rollouts: Rollouts,
+    credits: Mapping[str, Tensor],
+    kept: Mapping[str, list[bool]],
+    summary: Mapping[str, Mapping[str, float]],
+    token_text: Sequence[Sequence[str]],
+    prompts: Sequence[str],
+) -> str:
     mask = rollouts.mask
     reward = rollouts.sequence_reward().tolist()
     truncated = rollouts.truncated.tolist() if rollouts.truncated is not None else [False] * len(reward)
-    scale = {name: c.abs().max().item() or 1.0 for name, c in credits.items()}
+    scale = {name: (c.abs().max().item() if c.numel() else 0.0) or 1.0 for name, c in credits.items()}
+    columns = [row.nonzero().squeeze(-1).tolist() for row in mask]  # a token's position in its padded row
     values = {name: [c[i][mask[i]].tolist() for i in range(len(reward))] for name, c in credits.items()}
     groups: dict[int, list[int]] = {}
     for i, g in enumerate(rollouts.group.tolist()):
@@ -118,7 +130,7 @@ def _page(title, rollouts, credits, kept, summary, token_text, prompts) -> str:
             out.append(f"<div class='response{correct}'><div class='meta'>response {i} · reward {reward[i]:g} · "
                        f"{len(token_text[i])} tokens{flags}</div>")
             for name in credits:
-                out.append(_credit_line(name, token_text[i], values[name][i], scale[name], kept[name][i]))
+                out.append(_credit_line(name, token_text[i], columns[i], values[name][i], scale[name], kept[name][i]))
             out.append("</div>")
         out.append("</section>")
     out.append("</body></html>")
@@ -133,9 +145,10 @@ def _summary_table(summary: Mapping[str, Mapping[str, float]], scale: Mapping[st
     return head + "".join(rows) + "</table>"
 
 
-def _credit_line(name: str, tokens: Sequence[str], values: Sequence[float], scale: float, kept: bool) -> str:
+def _credit_line(name: str, tokens: Sequence[str], columns: Sequence[int], values: Sequence[float], scale: float,
+                 kept: bool) -> str:
     spans = []
-    for t, (token, value) in enumerate(zip(tokens, values)):
+    for t, token, value in zip(columns, tokens, values):
         value += 0.0  # −0.0 (a zero advantage times a negative weight, or the reverse) shows as 0
         alpha = min(1.0, abs(value) / scale)
         colour = "0,150,80" if value > 0 else "210,40,40"
@@ -145,3 +158,20 @@ def _credit_line(name: str, tokens: Sequence[str], values: Sequence[float], scal
     label = html.escape(name) + ("" if kept else " (dropped)")
     return f"<div class='line{'' if kept else ' dropped'}'><span class='recipe'>{label}</span>{''.join(spans)}</div>"
 
+
+def token_pieces(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
+    """The text each token of `ids` adds to the decoded response (special tokens included), as a streaming
+    detokenizer computes it. Decoding tokens one at a time would break byte-level BPE characters into U+FFFD
+    and drop SentencePiece's leading spaces. Each token is decoded after the one or two before it, and a token
+    that ends inside a multi-byte character shows nothing until the character is complete."""
+    pieces: list[str] = []
+    prefix, read = 0, 0  # decode from `prefix`; the text of ids[prefix:read] is already shown
+    for end in range(1, len(ids) + 1):
+        before = tokenizer.decode(ids[prefix:read])
+        text = tokenizer.decode(ids[prefix:end])
+        if len(text) > len(before) and not text.endswith("\ufffd"):
+            pieces.append(text[len(before):])
+            prefix, read = read, end
+        else:
+            pieces.append("")
+    return pieces

@@ -10,14 +10,24 @@ RECENT_STEPS = 10  # the training reward is noisy: average it over a run's last 
 
 
 def load_metrics(run: Path) -> list[dict[str, Any]]:
-    """The records of run folder `run` (its `metrics.jsonl`), in order."""
+    """The records of run folder `run` (its `metrics.jsonl`), in order. A last line that is not a whole JSON
+    record (a run killed while writing it) is left out; any other bad line is an error."""
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"run: {run} has no metrics.jsonl (expected a `tokencredit train` or demo output folder)")
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise ValueError(f"run: {path} is not JSON lines ({err})") from err
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ValueError(f"run: {path} line {number} is not JSON ({err})") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"run: {path} line {number} is not a JSON object")
+        records.append(record)
+    return records
 
 
 def eval_history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -12,17 +12,21 @@ from tokencredit.rollouts import Rollouts
 
 def top_fraction_mask(score: Tensor, mask: Tensor, top: float, keep: Tensor | None = None) -> Tensor:
     """`1[score ≥ τ] · mask` as float32 `[B,T]`, τ the (1−`top`)-quantile of `score` over the response tokens of
-    the kept responses (`mask & keep`; `keep=None` keeps all). The top ⌈…⌉ = round(top·n) scores, at least one,
-    and every score tied with the last of them, pass. No candidate token gives all zeros."""
+    the kept responses (`mask & keep`; `keep=None` keeps all). The top `top_count(n, top)` of the n candidate
+    scores, and every score tied with the last of them, pass. No candidate token gives all zeros."""
     if not 0.0 < top <= 1.0:
         raise ValueError(f"top: expected a fraction in (0, 1], got {top}")
     candidates = mask if keep is None else mask & keep[:, None]
     values = score[candidates]
     if values.numel() == 0:
         return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    k = max(1, round(top * values.numel()))
-    threshold = torch.topk(values, k).values[-1]
+    threshold = torch.topk(values, top_count(values.numel(), top)).values[-1]
     return ((score >= threshold) & mask).float()
+
+
+def top_count(n: int, top: float) -> int:
+    """How many of n tokens a top fraction keeps: round(top·n), at least one."""
+    return max(1, round(top * n))
 
 
 def _entropy(rollouts: Rollouts, weight: str) -> Tensor:
