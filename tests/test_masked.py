@@ -67,8 +67,7 @@ def test_masked_reductions_ignore_what_lies_outside_the_mask():
        seed=st.integers(0, 2**16))
 def test_whitening_variants_agree(rows, width, p, scale, seed):
     """In place, per-row closed form and the plain version give the same result, including empty masks. The
-    closed form works in float64, so it is compared with the float64 plain version (in float32 an all-equal
-    batch whitens its rounding error: (x − mean) ≈ 1e-7 divided by sqrt(0 + 1e-8))."""
+    closed form works in float64, so it is compared with the float64 plain version."""
     gen = torch.Generator().manual_seed(seed)
     mask = torch.rand(rows, width, generator=gen) < p
     values = torch.randn(rows, generator=gen) * scale + scale
@@ -78,6 +77,18 @@ def test_whitening_variants_agree(rows, width, p, scale, seed):
     x = broadcast.clone()
     assert masked_whiten_(x, mask).data_ptr() == x.data_ptr()
     torch.testing.assert_close(x, masked_whiten(broadcast, mask))
+
+
+@pytest.mark.parametrize("value", [0.1, 123456.7, 1677722.5, 3.3e7])
+def test_an_all_equal_batch_whitens_to_exact_zeros(value):
+    """The mean is summed in float64, so `x − mean` is exactly 0: a float32 sum's rounding (≈ 1e-7·|x|) divided by
+    sqrt(0 + eps) made this up to ±0.9 for some widths, and `masked_whiten_rows` (float64) disagreed."""
+    for width in range(1, 40):
+        mask = torch.ones(2, width, dtype=torch.bool)
+        mask[1, width // 2 :] = False
+        x = torch.full((2, width), value)
+        assert torch.count_nonzero(masked_whiten(x, mask)) == 0, width
+        assert torch.count_nonzero(masked_whiten_rows(torch.full((2,), value), mask)) == 0, width
 
 
 def test_zero_outside_broadcasts_a_column_and_masks_in_place():

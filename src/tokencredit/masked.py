@@ -97,8 +97,10 @@ def masked_whiten_(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
 
 def _whiten_zeroed_(x: Tensor, mask: Tensor, eps: float) -> Tensor:
     n = token_count(mask)
-    mean = x.sum() / n.clamp(min=1)
-    centred = zero_outside(x.sub_(mean), mask, out=x)
+    # a float64 sum is exact for an all-equal batch, so its centred values are exact zeros, as masked_whiten_rows
+    # gives (a float32 sum's rounding, divided by sqrt(eps), would not be)
+    mean = x.sum(dtype=torch.float64) / n.clamp(min=1)
+    centred = zero_outside(x.sub_(mean.to(x.dtype)), mask, out=x)
     flat = centred.reshape(-1)
     var = torch.dot(flat, flat) / (n - 1).clamp(min=1)  # no [B,T] temporary for the squares
     return centred.mul_(torch.rsqrt(var + eps) * (n > 1))
