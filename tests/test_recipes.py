@@ -95,3 +95,24 @@ def test_credit_fold_and_group_ids():
     credit = tc.recipe("dapo").credit(r)
     torch.testing.assert_close(credit.folded(), credit.advantage * credit.weight * credit.keep[:, None])
     assert tc.group_ids(["a", "b", "a", "c"]).tolist() == [0, 1, 0, 2]
+
+
+def test_weight_functions_without_keep_still_work(monkeypatch):
+    from tokencredit.registry import _REGISTRY
+
+    seen = {}
+
+    def halves(rollouts, advantage, scale=0.5):  # written before the weight stage was handed keep=
+        return rollouts.mask.float() * scale
+
+    def spy(rollouts, advantage, **params):  # **params: receives keep
+        seen.update(params)
+        return rollouts.mask.float()
+
+    monkeypatch.setitem(_REGISTRY["weight"], "halves", halves)
+    monkeypatch.setitem(_REGISTRY["weight"], "spy", spy)
+    r = rollouts([1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [2, 1, 2, 2])
+    credit = tc.recipe("dapo", weight="halves").credit(r)
+    torch.testing.assert_close(credit.weight, r.mask.float() * 0.5)
+    tc.recipe("dapo", weight="spy").credit(r)
+    assert seen["keep"].tolist() == [True, True, False, False]

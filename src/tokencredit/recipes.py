@@ -1,6 +1,6 @@
 """Recipes: a choice per stage plus its parameters; presets name the published methods.
 
-    credit = recipe.credit(rollouts, progress)        # shape → advantage → weight → select
+    credit = recipe.credit(rollouts, progress)        # shape → advantage → select → weight (given keep)
     loss, stats = recipe.loss(logprob, rollouts, credit)   # objective + aggregation (+ KL, entropy bonus)
 
 A parameter may follow training progress p ∈ [0,1]: give `{"start": a, "end": b}` (linear) instead of a
@@ -9,6 +9,8 @@ number, e.g. `weight_params={"top": {"start": 0.1, "end": 0.5}}`.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -95,9 +97,11 @@ class Recipe(BaseModel):
             keep = get("select", self.select)(shaped, advantage, **at_progress(self.select_params, progress))
         weight = mask.float()
         if self.weight is not None:  # after select: a batch-level token quantile counts the kept responses only
-            weight = get("weight", self.weight)(shaped, advantage, keep=keep,
-                                                **at_progress(self.weight_params, progress))
-            weight = zero_outside(weight, mask)
+            weight_fn = get("weight", self.weight)
+            params = at_progress(self.weight_params, progress)
+            if _takes_keep(weight_fn):  # weight functions written before `keep=` existed still work
+                params["keep"] = keep
+            weight = zero_outside(weight_fn(shaped, advantage, **params), mask)
         return Credit(advantage=advantage, weight=weight, keep=keep)
 
     def aggregation_weight(self, rollouts: Rollouts, credit: Credit) -> Tensor:
@@ -145,6 +149,11 @@ class Recipe(BaseModel):
             stats["entropy"] = ent.detach()
         stats["kept_frac"] = credit.keep.float().mean()
         return loss, stats
+
+
+def _takes_keep(fn: Callable[..., Tensor]) -> bool:
+    parameters = inspect.signature(fn).parameters.values()
+    return any(p.name == "keep" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -25,6 +25,18 @@ def test_max_variance_subset_by_hand():
         max_variance_subset(values, 7)
 
 
+def test_max_variance_subset_is_shift_and_scale_proof_and_breaks_ties_to_the_smallest():
+    values = torch.tensor([0.0, -1.0, 0.2, 1.0, -0.5, 0.0], dtype=torch.float64)
+    for offset in (1e8, 1e12):  # raw prefix sums of x² lose a spread of 1 at these offsets
+        assert max_variance_subset(values + offset, 3).tolist() == [False, True, False, True, True, False]
+    huge = torch.tensor([1e200, -1e200, 0.0, 5e199], dtype=torch.float64)  # x² would overflow, or underflow
+    assert max_variance_subset(huge, 2).tolist() == [True, True, False, False]
+    tiny = torch.tensor([1e-200, -1e-200, 0.0, 5e-201], dtype=torch.float64)
+    assert max_variance_subset(tiny, 2).tolist() == [True, True, False, False]
+    assert max_variance_subset(torch.tensor([1.0, -1.0]), 1).tolist() == [False, True]  # k = 0: the smallest
+    assert max_variance_subset(torch.full((4,), 3.0), 2).sum() == 2  # all equal: any two
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(-3, 3, allow_nan=False, width=32), min_size=1, max_size=8), st.data())
 def test_max_variance_subset_matches_brute_force(values, data):
@@ -47,6 +59,13 @@ def test_d3s_samples_keeps_the_extreme_advantages_across_groups():
     assert select(r, adv, fraction=0.01).sum() == 1  # at least one response
     with pytest.raises(ValueError, match="fraction"):
         select(r, adv, fraction=0.0)
+
+
+def test_d3s_samples_rank_responses_by_their_mean_token_advantage():
+    # means 0.3, −0.5, 0.5 (sums 1.2, −0.5, 1.0): the mean keeps {−0.5, 0.5}, the sum would keep {1.2, −0.5}
+    r = rollouts([0.0, 0.0, 0.0], [0, 1, 2], [4, 1, 2], width=4)
+    adv = torch.tensor([[0.3] * 4, [-0.5, 0, 0, 0], [0.5, 0.5, 0, 0]])
+    assert tc.get("select", "d3s_samples")(r, adv, fraction=2 / 3).tolist() == [False, True, True]
 
 
 def test_d3s_preset_ends_at_grpo():

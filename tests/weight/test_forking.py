@@ -48,3 +48,15 @@ def test_d3s_tokens_rank_advantage_times_entropy_over_kept_responses():
     torch.testing.assert_close(d3s(r, adv, top=1.0), r.mask.float())
     with pytest.raises(ValueError, match=r"Rollouts\.entropy"):
         d3s(rollouts([1.0], [0], [1]), torch.zeros(1, 1))
+
+
+def test_d3s_tokens_score_is_advantage_times_entropy_and_counts_kept_tokens_only():
+    adv = torch.tensor([[2.0, 2.0], [-0.5, -0.5]])
+    entropy = torch.tensor([[0.2, 0.3], [0.9, 0.1]])  # scores 0.4 0.6 | 0.45 0.05; entropy alone would pick 0.9
+    r = rollouts([1.0, 0.0], [0, 0], [2, 2], entropy=entropy)
+    d3s = tc.get("weight", "d3s_tokens")
+    assert d3s(r, adv, top=0.25).tolist() == [[0, 1], [0, 0]]
+    assert d3s(r, adv, top=0.5).tolist() == [[0, 1], [1, 0]]  # 2 of 4 tokens
+    # 3 of all 4 tokens (0.6 0.45 0.4) leave 0.05 out; 2 of response 1's 2 tokens (when only it is kept) do not
+    assert d3s(r, adv, top=0.75)[1].tolist() == [1, 0]
+    assert d3s(r, adv, top=0.75, keep=torch.tensor([False, True]))[1].tolist() == [1, 1]

@@ -16,7 +16,8 @@ def max_variance_subset(values: Tensor, size: int) -> Tensor:
 
     Such a subset is always the k largest and the size−k smallest values for some k (moving a middle element
     outward never lowers the variance), so with the values sorted the variance of each of the size+1 candidates
-    comes from prefix sums: one vectorised pass, float64. Ties between candidates go to the smallest k."""
+    comes from prefix sums of the centred, rescaled values: one vectorised pass, float64. Ties between candidates
+    go to the smallest k."""
     b = values.numel()
     if not 0 <= size <= b:
         raise ValueError(f"size: expected 0 ≤ size ≤ {b} (the number of values), got {size}")
@@ -25,6 +26,8 @@ def max_variance_subset(values: Tensor, size: int) -> Tensor:
         return keep
     order = values.double().argsort()
     s = values.double()[order]
+    s = s - s.mean()  # the variance does not move with a shift or a positive scale; without them the prefix sums
+    s = s / s.abs().max().clamp(min=torch.finfo(s.dtype).tiny)  # of x² lose small spreads or over/underflow
     zero = s.new_zeros(1)
     sum1, sum2 = torch.cat([zero, s.cumsum(0)]), torch.cat([zero, (s * s).cumsum(0)])
     top = torch.arange(size + 1, device=values.device)  # k: how many of the largest values the candidate takes
@@ -42,7 +45,7 @@ def d3s_samples(rollouts: Rollouts, advantage: Tensor, fraction: float = 0.5) ->
     """D³S cross-group sample down-sampling: keep the N = round(`fraction`·B) responses (at least one) whose
     advantages `A_i` have the largest variance, pooled over the whole batch without re-normalisation.
     `A_i` is the response's mean token advantage (for GRPO, its sequence advantage; an empty response has 0).
-    Responses of all-equal groups (A = 0) go first. `fraction` = 1 keeps every response.
+    Responses of all-equal groups (A = 0) are the first to be dropped. `fraction` = 1 keeps every response.
 
     Source: "Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient Policy
     Optimization" (Wang et al., 2025); the max-variance subset rule is PODS's ("Not All Rollouts are Useful:

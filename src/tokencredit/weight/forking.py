@@ -13,9 +13,12 @@ from tokencredit.rollouts import Rollouts
 def top_fraction_mask(score: Tensor, mask: Tensor, top: float, keep: Tensor | None = None) -> Tensor:
     """`1[score ≥ τ] · mask` as float32 `[B,T]`, τ the (1−`top`)-quantile of `score` over the response tokens of
     the kept responses (`mask & keep`; `keep=None` keeps all). The top `top_count(n, top)` of the n candidate
-    scores, and every score tied with the last of them, pass. No candidate token gives all zeros."""
+    scores, and every score tied with the last of them, pass (so a threshold of 0 passes every zero score). No
+    candidate token gives all zeros; `top` = 1 gives the mask."""
     if not 0.0 < top <= 1.0:
         raise ValueError(f"top: expected a fraction in (0, 1], got {top}")
+    if top == 1.0:
+        return mask.float()
     candidates = mask if keep is None else mask & keep[:, None]
     values = score[candidates]
     if values.numel() == 0:
