@@ -4,22 +4,15 @@ import pytest
 from typer.testing import CliRunner
 
 from tokencredit.cli import app
-from tokencredit.models import create_tiny_model
 
 FIELDS = {"prompt", "answer", "response", "tokens", "critical_token", "mode", "k", "index", "prompt_rate", "probed",
           "rates", "samples", "rate_before", "rate_after"}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return create_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=32, layers=1, heads=2, kv_heads=1,
-                             intermediate=64)
-
-
 @pytest.mark.parametrize("mode", ["scan", "binary"])
-def test_critical_writes_one_line_per_failed_response(checkpoint, tmp_path, mode):
+def test_critical_writes_one_line_per_failed_response(small_checkpoint, tmp_path, mode):
     out = tmp_path / "nested" / "critical.jsonl"
-    args = ["critical", "--checkpoint", str(checkpoint), "--task-param", "round_up_rate=0.6", "--task-param",
+    args = ["critical", "--checkpoint", str(small_checkpoint), "--task-param", "round_up_rate=0.6", "--task-param",
             "mistake_rate=0.1", "--prompts", "3", "--k", "2", "--max-new-tokens", "5", "--mode", mode,
             "--out", str(out)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
@@ -34,9 +27,9 @@ def test_critical_writes_one_line_per_failed_response(checkpoint, tmp_path, mode
         assert (row["critical_token"] is None) == (row["index"] is None)
 
 
-def test_critical_default_output_is_in_the_current_folder(checkpoint, tmp_path, monkeypatch):
+def test_critical_default_output_is_in_the_current_folder(small_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["critical", "--checkpoint", str(checkpoint), "--prompts", "1", "--k", "1", "--max-new-tokens", "2"]
+    args = ["critical", "--checkpoint", str(small_checkpoint), "--prompts", "1", "--k", "1", "--max-new-tokens", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "critical_tokens.jsonl").read_text().splitlines()) == 1
@@ -51,8 +44,9 @@ def test_critical_default_output_is_in_the_current_folder(checkpoint, tmp_path, 
         (["--mode", "linear"], "--mode"),
     ],
 )
-def test_critical_bad_input_exits_2(checkpoint, extra, message):
-    result = CliRunner().invoke(app, ["critical", "--checkpoint", str(checkpoint), *extra], env={"COLUMNS": "200"})
+def test_critical_bad_input_exits_2(small_checkpoint, extra, message):
+    args = ["critical", "--checkpoint", str(small_checkpoint), *extra]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 2 and message in result.output
 
 
@@ -61,8 +55,8 @@ def test_critical_without_a_model_folder_exits_2(tmp_path):
     assert result.exit_code == 2 and "config.json" in result.output
 
 
-def test_eval_accepts_task_params(checkpoint):
-    args = ["eval", "--checkpoint", str(checkpoint), "--size", "2", "--pass-k", "1", "--max-new-tokens", "4",
+def test_eval_accepts_task_params(small_checkpoint):
+    args = ["eval", "--checkpoint", str(small_checkpoint), "--size", "2", "--pass-k", "1", "--max-new-tokens", "4",
             "--task-param", "mistake_rate=0.1", "--task-param", "num_terms=[2, 3]"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -2,18 +2,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tokencredit.cli import app
-from tokencredit.models import create_tiny_model
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return create_tiny_model(tmp_path_factory.mktemp("tiny"), hidden_size=32, layers=1, heads=2, kv_heads=1,
-                             intermediate=64)
-
-
-def test_inspect_writes_the_report_and_prints_the_summary(checkpoint, tmp_path):
+def test_inspect_writes_the_report_and_prints_the_summary(small_checkpoint, tmp_path):
     out = tmp_path / "nested" / "report.html"
-    args = ["inspect", "--checkpoint", str(checkpoint), "--recipes", "grpo, tempo,spo_chain", "--prompts", "2",
+    args = ["inspect", "--checkpoint", str(small_checkpoint), "--recipes", "grpo, tempo,spo_chain", "--prompts", "2",
             "--group-size", "3", "--max-new-tokens", "4", "--out", str(out)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -36,14 +29,14 @@ def test_inspect_writes_the_report_and_prints_the_summary(checkpoint, tmp_path):
         (["--task", "no_such_task"], "unknown task"),
     ],
 )
-def test_inspect_bad_input_exits_2(checkpoint, extra, message):
-    result = CliRunner().invoke(app, ["inspect", "--checkpoint", str(checkpoint), *extra], env={"COLUMNS": "200"})
+def test_inspect_bad_input_exits_2(small_checkpoint, extra, message):
+    result = CliRunner().invoke(app, ["inspect", "--checkpoint", str(small_checkpoint), *extra], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and message in result.output
 
 
-def test_inspect_resolves_schedules_at_the_given_progress(checkpoint, tmp_path):
+def test_inspect_resolves_schedules_at_the_given_progress(small_checkpoint, tmp_path):
     out = tmp_path / "d3s.html"
-    args = ["inspect", "--checkpoint", str(checkpoint), "--recipes", "d3s", "--prompts", "2", "--group-size", "2",
+    args = ["inspect", "--checkpoint", str(small_checkpoint), "--recipes", "d3s", "--prompts", "2", "--group-size", "2",
             "--max-new-tokens", "3", "--progress", "0.5", "--out", str(out)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
