@@ -198,7 +198,6 @@ def critical(
     out: Path = typer.Option(Path("critical_tokens.jsonl"), help="one JSON line per failed response"),
 ) -> None:
     """Critical tokens of a checkpoint's failed responses: where sampled continuations stop succeeding (cDPO)."""
-
     from tokencredit.analysis import critical_tokens
     from tokencredit.analysis.critical_tokens import MODES
     from tokencredit.rewards import safe_score

@@ -51,7 +51,8 @@ def test_credit_report_values_summary_and_escaping():
     assert 'credit -0"' not in page  # forking's zero weights on the negative response's tokens show as 0
     assert page.count("dapo (dropped)") == 2  # the zero-variance group's two responses
     tokens = 6  # response tokens in the batch; 5 of them in group 0
-    assert summary["grpo"] == pytest.approx({"kept": 1.0, "tokens_with_credit": 5 / tokens, "top_share": a / (5 * a)})
+    assert summary["grpo"] == pytest.approx({"kept": 1.0, "tokens_with_credit": 5 / tokens, "top_share": a / (5 * a),
+                                             "largest": a})
     assert summary["dapo"]["kept"] == 0.5 and summary["dapo"]["tokens_with_credit"] == pytest.approx(5 / tokens)
     assert summary["forking"]["tokens_with_credit"] < summary["dapo"]["tokens_with_credit"]
 

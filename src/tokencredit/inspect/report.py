@@ -52,10 +52,10 @@ def credit_report(
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """Credit of every recipe on `rollouts`, as a self-contained HTML page and a summary per recipe.
 
-    `token_text[i]` are the strings of response i's masked tokens in order (as many as `mask[i]` is true; see
-    `token_pieces`);
-    `prompts[i]` is the prompt of response i. Responses are shown by group, in order of first appearance. The
-    summary holds `credit_concentration` plus `kept` (fraction of responses the select stage keeps).
+    `token_text[i]` are the strings of response i's masked tokens in order, as many as `mask[i]` is true (see
+    `token_pieces`), and `prompts[i]` is the prompt of response i. Responses are shown by group, in order of
+    first appearance. The summary holds `credit_concentration`, `kept` (fraction of responses the select stage
+    keeps) and `largest` (the largest |credit|, which sets the colour scale).
     """
     mask = rollouts.mask
     lengths = token_count(mask, -1).tolist()
@@ -74,8 +74,9 @@ def credit_report(
         credit = recipe.credit(rollouts, progress=progress)
         credits[recipe.name] = credit.folded()
         kept[recipe.name] = credit.keep.tolist()
-        summary[recipe.name] = {"kept": credit.keep.float().mean().item(),
-                                **credit_concentration(credits[recipe.name], mask)}
+        folded = credits[recipe.name]
+        summary[recipe.name] = {"kept": credit.keep.float().mean().item(), **credit_concentration(folded, mask),
+                                "largest": folded.abs().max().item() if folded.numel() else 0.0}
     page = _page(title, rollouts, credits, kept, summary, token_text, prompts)
     return page, summary
 
@@ -109,7 +110,7 @@ def _page(
     mask = rollouts.mask
     reward = rollouts.sequence_reward().tolist()
     truncated = rollouts.truncated.tolist() if rollouts.truncated is not None else [False] * len(reward)
-    scale = {name: (c.abs().max().item() if c.numel() else 0.0) or 1.0 for name, c in credits.items()}
+    scale = {name: s["largest"] or 1.0 for name, s in summary.items()}
     columns = [row.nonzero().squeeze(-1).tolist() for row in mask]  # a token's position in its padded row
     values = {name: [c[i][mask[i]].tolist() for i in range(len(reward))] for name, c in credits.items()}
     groups: dict[int, list[int]] = {}
@@ -121,7 +122,7 @@ def _page(
            "<p>A token's credit is <code>advantage × weight</code> (0 for a response the recipe drops): what "
            "multiplies its log-probability gradient. Green is positive, red negative; opacity is |credit| over "
            "the recipe's largest |credit| in the batch. Hover a token for its value.</p>",
-           _summary_table(summary, scale)]
+           _summary_table(summary)]
     for number, rows in enumerate(groups.values(), 1):
         out.append(f"<section><h2>prompt {number}</h2><pre>{html.escape(prompts[rows[0]])}</pre>")
         for i in rows:
@@ -137,11 +138,11 @@ def _page(
     return "\n".join(out)
 
 
-def _summary_table(summary: Mapping[str, Mapping[str, float]], scale: Mapping[str, float]) -> str:
+def _summary_table(summary: Mapping[str, Mapping[str, float]]) -> str:
     head = ("<table class='summary'><tr><th>recipe</th><th>responses kept</th><th>tokens with credit</th>"
             "<th>|credit| share of the top 10% tokens</th><th>largest |credit|</th></tr>")
     rows = [f"<tr><td>{html.escape(name)}</td><td>{s['kept']:.0%}</td><td>{s['tokens_with_credit']:.0%}</td>"
-            f"<td>{s['top_share']:.0%}</td><td>{scale[name]:.3g}</td></tr>" for name, s in summary.items()]
+            f"<td>{s['top_share']:.0%}</td><td>{s['largest']:.3g}</td></tr>" for name, s in summary.items()]
     return head + "".join(rows) + "</table>"
 
 
