@@ -58,4 +58,3 @@ def d3s_samples(rollouts: Rollouts, advantage: Tensor, fraction: float = 0.5) ->
     size = min(b, max(1, round(fraction * b))) if b else 0
     per_response = masked_sum(advantage.float(), rollouts.mask, -1) / token_count(rollouts.mask, -1).clamp(min=1)
     return max_variance_subset(per_response, size)
-
