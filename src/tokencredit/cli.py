@@ -117,6 +117,7 @@ def demo(
     seed: int = typer.Option(0),
 ) -> None:
     """Warm start a tiny model on chain_sum, then RL with several presets side by side (CPU, minutes)."""
+    from tokencredit.train.checkpoint import latest_checkpoint
     from tokencredit.train.demo import run_demo
 
     names = [p.strip() for p in presets.split(",") if p.strip()]
@@ -137,6 +138,10 @@ def demo(
         table.add_row(name, f"{row['sft_accuracy']:.3f}", f"{row['final_accuracy']:.3f}", f"{gain:+.3f}",
                       f"{row['seconds']:.0f}")
     console.print(table)
+    final = latest_checkpoint(out / names[0] / "checkpoints")
+    runs = " ".join(str(out / name) for name in names)
+    console.print(escape(f"next: tokencredit compare {runs}" + (
+        f"; which tokens got the credit: tokencredit inspect --checkpoint {final}" if final else "")))
 
 
 @app.command()
