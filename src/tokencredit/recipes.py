@@ -187,6 +187,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Forking tokens: DAPO on the top-20% entropy tokens ("Beyond the 80/20 Rule", Wang et al., 2025)
     "forking": dict(advantage="grpo", select="dynamic_filter", weight="forking_tokens", agg="token_mean",
                     weight_params={"top": 0.2}, objective_params={"clip_low": 0.2, "clip_high": 0.28}),
+    # STEER: damp tokens by their estimated entropy change; dual-clip PPO, clip-higher, token mean ("Rethinking
+    # Entropy Interventions in RLVR", Hao et al., 2025)
+    "steer": dict(advantage="grpo", weight="steer", agg="token_mean", weight_params={"w_min": 0.8},
+                  objective_params={"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 10.0}),
     # D³S: the max-variance half of the batch's responses and their top-20% |A|·H tokens, both relaxed linearly
     # to the whole batch ("Learning More with Less", Wang et al., 2025; the paper's schedule is not published, so
     # it ends at plain GRPO)
