@@ -38,7 +38,23 @@ def test_exponential_weights_by_hand():
     # response 0 dropped: the largest kept |Ω| is response 1's first token, which now gets w_min
     assert steer(_batch(), torch.tensor(A), keep=torch.tensor([False, True]))[1, 0].item() == pytest.approx(0.8)
     # every |Ω| below 0.02: k uses 0.02, so no token is pushed down to w_min
-    assert steer(_batch(), torch.tensor(A) * 1e-3)[:, :2].min() > 0.99
+    small = steer(_batch(), torch.tensor(A) * 1e-3)
+    assert small[0, 1].item() == pytest.approx(math.exp(math.log(0.8) * abs(_omega(0, 1)) * 1e-3 / 0.02))
+    nothing_kept = steer(_batch(), torch.tensor(A), keep=torch.tensor([False, False]))
+    torch.testing.assert_close(nothing_kept, _batch().mask.float())
+
+
+def test_an_impossible_token_does_not_set_the_scale_alone():
+    # p = 0 (log p = −∞): clamped to 1e-8 as the paper's code does, so weights stay finite and the others move
+    logprob = torch.tensor(P).log()
+    logprob[0, 0] = -float("inf")
+    r = rollouts([1.0, 0.0], [0, 0], [2, 2], width=3, logprob=logprob, entropy=torch.tensor(H))
+    for advantage in (torch.tensor(A), torch.zeros(2, 3)):
+        w = tc.get("weight", "steer")(r, advantage)
+        assert torch.isfinite(w).all() and w[0, 0].item() == pytest.approx(0.8 if advantage.any() else 1.0)
+    expected = 1.0 * (1 - 1e-8) * (math.log(1e-8) + 1.0)
+    from tokencredit.weight.steer import entropy_change
+    assert entropy_change(r, torch.tensor(A))[0, 0].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_linear_weights_and_the_degenerate_case():
@@ -49,13 +65,14 @@ def test_linear_weights_and_the_degenerate_case():
     torch.testing.assert_close(steer(_batch(), torch.tensor(A), w_max=1.2, mode="linear"), torch.tensor(expected))
     flat = tc.get("advantage", "grpo")(_batch())
     torch.testing.assert_close(steer(_batch(), flat, w_min=1.0, w_max=1.0), _batch().mask.float())
-    torch.testing.assert_close(steer(_batch(), torch.zeros(2, 3), mode="linear"), _batch().mask.float())
+    # nothing to rank: the middle of [w_min, w_max]
+    torch.testing.assert_close(steer(_batch(), torch.zeros(2, 3), w_max=1.2, mode="linear"), _batch().mask.float())
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"mode": "cubic"}, "mode"), ({"w_min": 0.9, "w_max": 0.8}, "w_min, w_max"), ({"w_min": 1.1, "w_max": 1.2},
-                                                                                     "w_min, w_max")],
+    [({"mode": "cubic"}, "mode"), ({"w_min": 0.9, "w_max": 0.8, "mode": "linear"}, "w_min, w_max"),
+     ({"w_min": 1.1, "w_max": 1.2}, "mode 'exp'"), ({"w_max": 0.9}, "mode 'exp'")],
 )
 def test_bad_parameters_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
+from tokencredit.weight.inputs import token_field
 
 
 def top_fraction_mask(score: Tensor, mask: Tensor, top: float, keep: Tensor | None = None) -> Tensor:
@@ -32,12 +33,6 @@ def top_count(n: int, top: float) -> int:
     return max(1, round(top * n))
 
 
-def _entropy(rollouts: Rollouts, weight: str) -> Tensor:
-    if rollouts.entropy is None:
-        raise ValueError(f"Rollouts.entropy: weight {weight!r} needs token entropies [B,T]; got None")
-    return rollouts.entropy.float()
-
-
 @register("weight", "forking_tokens")
 def forking_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Tensor | None = None) -> Tensor:
     """`m_{i,t} = 1[H_{i,t} ≥ τ_ρ]`, τ_ρ the (1−ρ)-quantile of token entropy over the response tokens of the
@@ -50,7 +45,7 @@ def forking_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep
     `Recipe.credit` from the select stage) leaves dropped responses out of the quantile, as the paper's DAPO
     batches hold only the groups that dynamic sampling kept.
     """
-    return top_fraction_mask(_entropy(rollouts, "forking_tokens"), rollouts.mask, top, keep)
+    return top_fraction_mask(token_field(rollouts, "entropy", "forking_tokens"), rollouts.mask, top, keep)
 
 
 @register("weight", "d3s_tokens")
@@ -63,5 +58,5 @@ def d3s_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Te
     Optimization" (Wang et al., 2025). Pair it with the `d3s_samples` select stage (the `d3s` preset); K may
     follow a schedule over training progress. Ties at τ are all kept.
     """
-    score = advantage.float().abs() * _entropy(rollouts, "d3s_tokens")
+    score = advantage.float().abs() * token_field(rollouts, "entropy", "d3s_tokens")
     return top_fraction_mask(score, rollouts.mask, top, keep)
