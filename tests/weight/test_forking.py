@@ -121,7 +121,7 @@ def _selection_case(draw):
 
 
 @pytest.mark.parametrize("path", sorted(_PATHS))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=_selection_case())
 def test_top_fraction_mask_is_the_topk_threshold_selection(path, case):
     score, mask, keep, top = case
@@ -134,6 +134,14 @@ def test_top_fraction_mask_is_the_topk_threshold_selection(path, case):
             out = top_fraction_mask(score, ranked, top, within=within)
             assert out.dtype == torch.float32 and out.shape == score.shape
             assert torch.equal(out, expected), (score, ranked, top)
+            # into a buffer, which may be the score itself
+            buffer = torch.full(score.shape, 7.0)
+            assert top_fraction_mask(score, ranked, top, within=within, out=buffer) is buffer
+            assert torch.equal(buffer, expected)
+            if score.dtype == torch.float32:
+                overwritten = score.clone()
+                top_fraction_mask(overwritten, ranked, top, within=within, out=overwritten)
+                assert torch.equal(overwritten, expected)
 
 
 @settings(max_examples=40, deadline=None)

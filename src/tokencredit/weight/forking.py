@@ -14,7 +14,8 @@ from tokencredit.rollouts import Rollouts
 from tokencredit.weight.inputs import token_field
 
 
-def top_fraction_mask(score: Tensor, candidates: Tensor, top: float, within: Tensor | None = None) -> Tensor:
+def top_fraction_mask(score: Tensor, candidates: Tensor, top: float, within: Tensor | None = None,
+                      out: Tensor | None = None) -> Tensor:
     """`1[score ≥ τ]` on `within` (default: the candidates) as float32, τ the (1−`top`)-quantile of `score` over
     the `candidates` (a bool tensor shaped like `score`, e.g. `[B,T]`): the top `top_count(n, top)` of the n
     candidate scores, and every score tied with the last of them, pass (so a threshold of 0 passes every zero
@@ -30,16 +31,19 @@ def top_fraction_mask(score: Tensor, candidates: Tensor, top: float, within: Ten
     inside are gathered (`true_positions`, 8 mask bytes a word) and ranked exactly with `kthvalue`. If the
     sample missed (unlucky or adversarially ordered data), the bracket is widened to everything on the missed
     side and counted again, which cannot miss; candidates with a NaN score take the compacting `topk` path.
-    Nothing above is limited in size (67M-token batches work)."""
+    Nothing above is limited in size (67M-token batches work). `out` (float32, shaped like `score`; it may be
+    `score` itself, which is then overwritten) receives the result instead of a fresh tensor."""
     if not 0.0 < top <= 1.0:
         raise ValueError(f"top: expected a fraction in (0, 1], got {top}")
     within = candidates if within is None else within
     if top == 1.0:
-        return as_float(within)
-    n = int(token_count(candidates))
-    if n == 0:
-        return torch.zeros(within.shape, dtype=torch.float32, device=within.device)
-    return as_float(_top_k(score, candidates, within, top_count(n, top), n))
+        passed = within
+    else:
+        n = int(token_count(candidates))
+        passed = _top_k(score, candidates, within, top_count(n, top), n) if n else None
+    if out is None:
+        return as_float(passed) if passed is not None else torch.zeros(within.shape, device=within.device)
+    return out.copy_(passed.view(torch.uint8)) if passed is not None else out.zero_()
 
 
 _SMALL = 1 << 16  # fewer candidates than this: compact and rank them directly (a few ms at most)
@@ -110,8 +114,8 @@ def _bracket(flat_score: Tensor, flat_candidates: Tensor, k: int, n: int) -> tup
     device = flat_score.device
     offset = torch.randint(stride, (strata,), generator=torch.Generator(device).manual_seed(0), device=device)
     positions = torch.arange(strata, device=device).mul_(stride).add_(offset)
-    sample = flat_score.index_select(0, positions)[flat_candidates.index_select(0, positions)]
-    sample = sample[~sample.isnan()]
+    sample = flat_score.index_select(0, positions)
+    sample = sample[flat_candidates.index_select(0, positions).logical_and_(~sample.isnan())]
     m = sample.numel()
     if m < _MIN_SAMPLE:
         return None
@@ -162,8 +166,8 @@ def d3s_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Te
     Optimization" (Wang et al., 2025). Pair it with the `d3s_samples` select stage (the `d3s` preset); K may
     follow a schedule over training progress. Ties at τ are all kept.
     """
-    score = advantage.float().abs().mul_(token_field(rollouts, "entropy", "d3s_tokens"))
-    return top_fraction_mask(score, _ranked(rollouts.mask, keep), top, within=rollouts.mask)
+    score = torch.abs(advantage.float()).mul_(token_field(rollouts, "entropy", "d3s_tokens"))
+    return top_fraction_mask(score, _ranked(rollouts.mask, keep), top, within=rollouts.mask, out=score)
 
 
 def _ranked(mask: Tensor, keep: Tensor | None) -> Tensor:

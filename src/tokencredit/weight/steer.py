@@ -15,6 +15,7 @@ from tokencredit.weight.inputs import token_field
 MODES = ("exp", "linear")
 _P_FLOOR = 1e-8
 _CHUNK = 1 << 19  # elements a chunk (2 MB of float32): a chunk's temporaries stay in cache between passes
+_INF_BITS = 0x7F800000  # +inf as int32 bits
 
 
 def entropy_change(rollouts: Rollouts, advantage: Tensor) -> Tensor:
@@ -51,7 +52,6 @@ def _entropy_change_into(out: Tensor, rollouts: Rollouts, advantage: Tensor, abs
     if not out.numel():
         return row_max, row_min
     one = torch.ones((), device=mask.device)
-    inf = torch.full((), math.inf, device=mask.device)
     for start in range(0, shape[0], rows):
         block = slice(start, start + rows)
         n = out[block].shape[0]
@@ -64,8 +64,10 @@ def _entropy_change_into(out: Tensor, rollouts: Rollouts, advantage: Tensor, abs
         omega.view(torch.int32).bitwise_and_(_mask_bits(mask[block], bits_))
         if absolute:
             torch.amax(omega, -1, out=row_max[block])
-        if need_min:
-            torch.amin(torch.where(mask[block], omega, inf, out=log_p_), -1, out=row_min[block])
+        if need_min:  # |Ω| with +inf outside the mask: |Ω| ≥ 0 orders like its int32 bits, and +inf's exceed them
+            beyond = torch.bitwise_not(bits_, out=log_p_.view(torch.int32)).bitwise_and_(_INF_BITS)
+            torch.maximum(beyond, omega.view(torch.int32), out=beyond)
+            torch.amin(log_p_, -1, out=row_min[block])
     return row_max, row_min
 
 
