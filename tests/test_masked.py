@@ -11,6 +11,7 @@ from tokencredit.masked import (
     masked_whiten,
     masked_whiten_,
     masked_whiten_rows,
+    rows_kept,
     token_count,
     true_positions,
     zero_outside,
@@ -131,6 +132,8 @@ def test_a_column_broadcast_over_the_mask_is_where_bit_for_bit(rows, width, p, s
         bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[got.element_size()]
         assert torch.equal(got.contiguous().view(bits), expected.contiguous().view(bits))
         assert torch.equal(as_float(mask), mask.float())
+        keep = torch.rand(mask.shape[0], generator=gen) < 0.5
+        assert torch.equal(rows_kept(mask, keep), mask & keep[:, None])
 
 
 @settings(max_examples=60, deadline=None)

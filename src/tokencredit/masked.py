@@ -47,6 +47,14 @@ def _column_on_mask(column: Tensor, mask: Tensor) -> Tensor:
     return mask.view(torch.uint8).to(bits).mul_(column.view(bits)).view(column.dtype)
 
 
+def rows_kept(mask: Tensor, keep: Tensor) -> Tensor:
+    """`mask & keep[:, None]` for a bool `mask [B,T]` and `keep [B]`, through uint8 views: the bool `&` with a
+    broadcast column is a scalar loop (3–5 ms at [4096, 1024]), the uint8 one vectorised (0.1–0.2 ms)."""
+    if mask.dtype != torch.bool or keep.dtype != torch.bool:
+        return mask & keep[:, None]
+    return (mask.view(torch.uint8) & keep.view(torch.uint8)[:, None]).view(torch.bool)
+
+
 def as_float(mask: Tensor) -> Tensor:
     """`mask.float()` for a bool mask, read through a uint8 view (2–3× faster on CPU, the same values)."""
     return mask.view(torch.uint8).float() if mask.dtype == torch.bool else mask.float()

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from tokencredit.masked import as_float, token_count, true_positions
+from tokencredit.masked import as_float, rows_kept, token_count, true_positions
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.weight.inputs import token_field
@@ -36,14 +36,20 @@ def top_fraction_mask(score: Tensor, candidates: Tensor, top: float, within: Ten
     if not 0.0 < top <= 1.0:
         raise ValueError(f"top: expected a fraction in (0, 1], got {top}")
     within = candidates if within is None else within
-    if top == 1.0:
-        passed = within
+    n = int(token_count(candidates)) if top < 1.0 else 0
+    if top < 1.0 and n == 0:
+        return torch.zeros(within.shape, device=within.device) if out is None else out.zero_()
+    if top < 1.0:
+        k = top_count(n, top)
+        bracket = _bracket(score.reshape(-1), candidates.reshape(-1), k, n) if _bracketable(score, n) else None
+        if bracket is not None and _blockwise(score, candidates, within, out):
+            out = torch.empty(within.shape, device=within.device) if out is None else out
+            if _top_k_in_blocks(score, candidates, within, k, n, *bracket, out):
+                return out
+        passed = _top_k(score, candidates, within, k, n, bracket)
     else:
-        n = int(token_count(candidates))
-        passed = _top_k(score, candidates, within, top_count(n, top), n) if n else None
-    if out is None:
-        return as_float(passed) if passed is not None else torch.zeros(within.shape, device=within.device)
-    return out.copy_(passed.view(torch.uint8)) if passed is not None else out.zero_()
+        passed = within
+    return as_float(passed) if out is None else out.copy_(passed.view(torch.uint8))
 
 
 _SMALL = 1 << 16  # fewer candidates than this: compact and rank them directly (a few ms at most)
@@ -51,13 +57,74 @@ _SAMPLE = 1 << 15  # candidates sampled to bracket the threshold
 _MARGIN = 4.0  # bracket half-width around the sample quantile, in binomial standard deviations
 _MIN_SAMPLE = 256  # fewer sampled candidates: compact and rank directly
 _WIDE = 1 / 16  # a bracket holding more of the candidates than this is checked for ties at its ends
+_BLOCK = 1 << 19  # elements of a block of rows in the blockwise pass (its bool buffers: 512 KB each)
 
 
-def _top_k(score: Tensor, candidates: Tensor, within: Tensor, k: int, n: int) -> Tensor:
-    """Bool `within & (score ≥ the k-th largest candidate score)`; `n` = the number of candidates (≥ k ≥ 1)."""
-    if n < _SMALL or not score.is_floating_point() or score.device.type != "cpu":
-        return _top_k_compacted(score, candidates, within, k)
-    bracket = _bracket(score.reshape(-1), candidates.reshape(-1), k, n)
+def _bracketable(score: Tensor, n: int) -> bool:
+    return n >= _SMALL and score.is_floating_point() and score.device.type == "cpu"
+
+
+def _blockwise(score: Tensor, candidates: Tensor, within: Tensor, out: Tensor | None) -> bool:
+    """Whether `_top_k_in_blocks` applies: contiguous inputs, and an `out` that is not the score's memory."""
+    contiguous = all(x.is_contiguous() for x in (score, candidates, within))
+    separate = out is None or (out.is_contiguous() and out.untyped_storage().data_ptr()
+                               != score.untyped_storage().data_ptr())
+    return score.dim() >= 1 and score.shape[-1] > 0 and contiguous and separate
+
+
+def _top_k_in_blocks(score: Tensor, candidates: Tensor, within: Tensor, k: int, n: int, lo: Tensor, hi: Tensor,
+                     out: Tensor) -> bool:
+    """The common case of `_top_k`, writing the float32 result into `out` block by block of rows: the bool
+    buffers stay in cache and are reused (the whole-batch version makes three fresh [B,T] bool tensors and
+    a float copy of the result, whose page faults cost as much as the arithmetic). False (and `out` holds
+    garbage) when the bracket missed, holds a NaN or a large tie: `_top_k` then does it all."""
+    width = score.shape[-1]
+    score2, candidates2, within2, out2 = (x.view(-1, width) for x in (score, candidates, within, out))
+    rows = max(1, _BLOCK // width)
+    above, inside, scratch = (torch.empty((min(rows, score2.shape[0]), width), dtype=torch.bool,
+                                          device=score.device) for _ in range(3))
+    tie = bool(lo == hi)  # then τ = lo if the counts agree: everything in the bracket passes, nothing to rank
+    n_at_most_hi = n_above = n_inside = 0
+    found = []
+    for start in range(0, score2.shape[0], rows):
+        block = slice(start, start + rows)
+        m = score2[block].shape[0]
+        a, i, t, c, w = above[:m], inside[:m], scratch[:m], candidates2[block], within2[block]
+        torch.ge(score2[block], lo, out=a)
+        torch.le(score2[block], hi, out=i)
+        n_at_most_hi += int(token_count(torch.logical_and(i, c, out=t)))
+        i.logical_and_(a)  # lo ≤ score ≤ hi
+        n_inside += int(token_count(torch.logical_and(i, c, out=t)))
+        if not tie:
+            a.logical_xor_(i)  # score > hi (a NaN is in neither)
+            if within is not candidates:  # the output also needs the other `within` tokens inside the bracket
+                torch.logical_or(w, c, out=t).logical_and_(i)
+            found.append(true_positions(t).add_(start * width))
+        n_above += int(token_count(torch.logical_and(a, c, out=t))) - (n_inside if tie else 0)
+        out2[block].copy_(a.logical_and_(w).view(torch.uint8))
+    bracket_ok = n_above + n_at_most_hi == n and n_above < k <= n_above + n_inside
+    if not bracket_ok or (n_inside > _WIDE * n and not tie):
+        return False
+    if not tie:
+        _add_inside(out, score, candidates, within, torch.cat(found), k - n_above, n_inside)
+    return True
+
+
+def _add_inside(out: Tensor, score: Tensor, candidates: Tensor, within: Tensor, positions: Tensor, rank: int,
+                n_inside: int) -> None:
+    """Set `out` (float) to 1 at the flat `positions` (the tokens inside the bracket) whose score reaches the
+    `rank`-th largest score of the candidates among them, where `within`."""
+    values = score.reshape(-1).index_select(0, positions)  # `x[positions]` costs 10× more
+    ranked = candidates.reshape(-1).index_select(0, positions)
+    exact = values.float() if values.element_size() < 4 else values  # kthvalue on 16-bit floats: exact in float32
+    tau = torch.kthvalue(exact[ranked], n_inside - rank + 1).values
+    out.view(-1)[positions[(exact >= tau) & within.reshape(-1).index_select(0, positions)]] = 1
+
+
+def _top_k(score: Tensor, candidates: Tensor, within: Tensor, k: int, n: int,
+           bracket: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Bool `within & (score ≥ the k-th largest candidate score)`; `n` = the number of candidates (≥ k ≥ 1),
+    `bracket` from `_bracket` (None: compact and rank)."""
     if bracket is None:
         return _top_k_compacted(score, candidates, within, k)
     lo, hi = bracket
@@ -96,12 +163,8 @@ def _top_k(score: Tensor, candidates: Tensor, within: Tensor, k: int, n: int) ->
         n_inside = count(inside)
     # the few tokens inside the bracket: ranked exactly, and added to the output where they pass
     positions = true_positions(inside.logical_and_(within if within is candidates else within | candidates))
-    values = score.reshape(-1).index_select(0, positions)  # `x[positions]` costs 10× more
-    ranked = candidates.reshape(-1).index_select(0, positions)
-    exact = values.float() if values.element_size() < 4 else values  # kthvalue on 16-bit floats: exact in float32
-    tau = torch.kthvalue(exact[ranked], n_inside - (k - n_above) + 1).values  # (k − n_above)-th largest
     passed = above.logical_and_(within).contiguous()
-    passed.view(-1)[positions[(exact >= tau) & within.reshape(-1).index_select(0, positions)]] = True
+    _add_inside(passed, score, candidates, within, positions, k - n_above, n_inside)
     return passed
 
 
@@ -167,9 +230,9 @@ def d3s_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Te
     follow a schedule over training progress. Ties at τ are all kept.
     """
     score = torch.abs(advantage.float()).mul_(token_field(rollouts, "entropy", "d3s_tokens"))
-    return top_fraction_mask(score, _ranked(rollouts.mask, keep), top, within=rollouts.mask, out=score)
+    return top_fraction_mask(score, _ranked(rollouts.mask, keep), top, within=rollouts.mask)
 
 
 def _ranked(mask: Tensor, keep: Tensor | None) -> Tensor:
     """The tokens the quantile ranks: the response tokens of the kept responses (`keep [B]`, None keeps all)."""
-    return mask if keep is None else mask & keep[:, None]
+    return mask if keep is None else rows_kept(mask, keep)
