@@ -22,33 +22,36 @@ def top_fraction_mask(score: Tensor, candidates: Tensor, top: float, within: Ten
     score; −0.0 and +0.0 tie; a NaN ranks above everything and never passes). No candidate gives all zeros;
     `top` = 1 gives `within`.
 
-    Why not `torch.topk` / `torch.quantile`: at B = 4096, T = 1024 (2.6M candidates, 1 thread) the masked copy
-    `score[candidates]` alone costs ~40 ms, `topk` of 20% of it 50–95 ms, `kthvalue` 30 ms and `sort` 290 ms, and
-    `torch.quantile` refuses more than 2^24 elements. A radix select over the float bits needs a `bincount` of
-    the whole batch per 8–12 bits (5–25 ms each, after a 2–3 ms key pass). This is exact and cheaper (~8 ms):
-    a strided sample of ~2^15 candidates brackets τ between two sample order statistics `lo ≤ τ ≤ hi`; two
-    comparison passes over the batch count the candidates above `hi` and inside the bracket; the few (≈2%)
-    inside are gathered (`true_positions`, 8 mask bytes a word) and ranked exactly with `kthvalue`. If the
-    sample missed (unlucky or adversarially ordered data), the bracket is widened to everything on the missed
-    side and counted again, which cannot miss; candidates with a NaN score take the compacting `topk` path.
-    Nothing above is limited in size (67M-token batches work). `out` (float32, shaped like `score`; it may be
-    `score` itself, which is then overwritten) receives the result instead of a fresh tensor."""
+    How, and why not `torch.topk` / `torch.quantile` (measured at B = 4096, T = 1024, 2.6M candidates, torch
+    2.13, 1 thread of a shared 2-core VM): the masked copy `score[candidates]` alone costs ~40 ms, a `topk` of 20%
+    of it 50–95 ms, `kthvalue` 30 ms, `sort` 290 ms, and `torch.quantile` refuses more than 2^24 elements. A
+    radix select over the float bits needs a `bincount` of the whole batch per 8–12 bits (5 ms on int32 keys,
+    25 ms on int64, after a 2–3 ms key pass) and a second narrowing pass: 25–30 ms. This is exact and cheaper:
+    a sample of ~2^15 candidates (one per stretch, jittered from a fixed seed) brackets τ between two sample
+    order statistics `lo ≤ τ ≤ hi` (±4 binomial standard deviations); block by block of rows (bool buffers in
+    cache, the float output written directly), two comparisons count the candidates above `hi` and inside the
+    bracket and collect the positions of the ≈2% inside (`true_positions`, 8 mask bytes a word); `kthvalue` on
+    those few values gives τ exactly. Whole call: 8–20 ms (load-dependent), 6–9× faster than the `topk`.
+    If the sample missed (unlucky or adversarially ordered data), the bracket is widened to everything on the
+    missed side and counted again, which cannot miss; a bracket holding a large tie is split at its ends by two
+    more counts; candidates with a NaN score take the compacting `topk` path. Nothing here is limited in size
+    (67M-token batches work). `out` (float32, shaped like `score`; it may be `score` itself, which is then
+    overwritten) receives the result instead of a fresh tensor."""
     if not 0.0 < top <= 1.0:
         raise ValueError(f"top: expected a fraction in (0, 1], got {top}")
     within = candidates if within is None else within
-    n = int(token_count(candidates)) if top < 1.0 else 0
-    if top < 1.0 and n == 0:
-        return torch.zeros(within.shape, device=within.device) if out is None else out.zero_()
-    if top < 1.0:
-        k = top_count(n, top)
-        bracket = _bracket(score.reshape(-1), candidates.reshape(-1), k, n) if _bracketable(score, n) else None
-        if bracket is not None and _blockwise(score, candidates, within, out):
-            out = torch.empty(within.shape, device=within.device) if out is None else out
-            if _top_k_in_blocks(score, candidates, within, k, n, *bracket, out):
-                return out
-        passed = _top_k(score, candidates, within, k, n, bracket)
-    else:
-        passed = within
+    if top == 1.0:
+        return as_float(within) if out is None else out.copy_(within.view(torch.uint8))
+    n = int(token_count(candidates))
+    if n == 0:
+        return torch.zeros(within.shape, dtype=torch.float32, device=within.device) if out is None else out.zero_()
+    k = top_count(n, top)
+    bracket = _bracket(score.reshape(-1), candidates.reshape(-1), k, n) if _bracketable(score, n) else None
+    if bracket is not None and _blockwise(score, candidates, within, out):
+        out = torch.empty(within.shape, dtype=torch.float32, device=within.device) if out is None else out
+        if _top_k_in_blocks(score, candidates, within, k, n, *bracket, out):
+            return out
+    passed = _top_k(score, candidates, within, k, n, bracket)
     return as_float(passed) if out is None else out.copy_(passed.view(torch.uint8))
 
 

@@ -33,12 +33,16 @@ def _entropy_change_into(out: Tensor, rollouts: Rollouts, advantage: Tensor, abs
     """Write `Ω` (or `|Ω|`), 0 outside the mask, into `out` `[B,T]`; return the rows' maxima of it, and with
     `need_min` the rows' minima over the mask (+inf for an empty row).
 
-    Speed (CPU, [4096, 1024]): the formula written out makes 8 fresh `[B,T]` temporaries and the masked copy
-    `|Ω|[mask]` for the batch maximum (40 ms alone). Here each block of rows (`_CHUNK` elements) goes through
-    the same float32 operations in the same order (so the result is bit for bit the formula's), in place in two
-    cache-sized buffers and the output; the mask is applied by an integer AND with all-ones/zero words (what
-    `torch.where(mask, x, 0)` gives, NaN and inf included, without `where`'s scalar loop), and the maximum is
-    taken per row, where |Ω| ≥ 0 everywhere and 0 outside the mask."""
+    Speed (CPU, [4096, 1024], torch 2.13, 1 thread): the formula written out makes 8 fresh `[B,T]` temporaries
+    and the masked copy `|Ω|[mask]` for the batch maximum (40 ms alone): 100–160 ms per `steer` call. Here each
+    block of rows (`_CHUNK` elements) goes through the same float32 operations in the same order (so the result
+    is the formula's bit for bit, but for the last ulp of a vectorised loop's tail element that a block
+    boundary moves), in place in two cache-sized buffers and the output; the mask is applied by
+    an integer AND with all-ones/zero words (what `torch.where(mask, x, 0)` gives, NaN and inf included, where
+    `where` itself is a scalar loop: 1.9 ms a block against 0.15 ms), and the maximum is taken per row, where
+    |Ω| ≥ 0 everywhere and 0 outside the mask: 20–30 ms. What remains is mostly the formula's transcendental
+    passes over every element (`exp`, `log`, and `exp` again for the weights: 1.3, 1.6 and 1.3 ns an element,
+    ~17 ms of it); blocks of 2^19 elements measured 2× faster than 2^21 and 3× faster than whole tensors."""
     mask = rollouts.mask
     shape = mask.shape
     logprob = token_field(rollouts, "logprob", "steer").expand(shape)
