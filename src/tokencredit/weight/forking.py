@@ -102,26 +102,32 @@ def _top_k_in_blocks(score: Tensor, candidates: Tensor, within: Tensor, k: int, 
             a.logical_xor_(i)  # score > hi (a NaN is in neither)
             if within is not candidates:  # the output also needs the other `within` tokens inside the bracket
                 torch.logical_or(w, c, out=t).logical_and_(i)
-            found.append(true_positions(t).add_(start * width))
+            local = true_positions(t)  # gathered here, while the block is in cache
+            found.append([local.add(start * width)] + [x.view(-1).index_select(0, local) for x in
+                                                       (score2[block], c, w)])
         n_above += int(token_count(torch.logical_and(a, c, out=t))) - (n_inside if tie else 0)
         out2[block].copy_(a.logical_and_(w).view(torch.uint8))
     bracket_ok = n_above + n_at_most_hi == n and n_above < k <= n_above + n_inside
     if not bracket_ok or (n_inside > _WIDE * n and not tie):
         return False
     if not tie:
-        _add_inside(out, score, candidates, within, torch.cat(found), k - n_above, n_inside)
+        _add_inside(out, *(torch.cat(parts) for parts in zip(*found)), k - n_above, n_inside)
     return True
 
 
-def _add_inside(out: Tensor, score: Tensor, candidates: Tensor, within: Tensor, positions: Tensor, rank: int,
+def _add_inside(out: Tensor, positions: Tensor, values: Tensor, ranked: Tensor, kept: Tensor, rank: int,
                 n_inside: int) -> None:
-    """Set `out` (float) to 1 at the flat `positions` (the tokens inside the bracket) whose score reaches the
-    `rank`-th largest score of the candidates among them, where `within`."""
-    values = score.reshape(-1).index_select(0, positions)  # `x[positions]` costs 10× more
-    ranked = candidates.reshape(-1).index_select(0, positions)
+    """Set `out` (float) to 1 at the flat `positions` (the tokens inside the bracket, with their scores `values`,
+    candidate flags `ranked` and `within` flags `kept`) whose score reaches the `rank`-th largest score of the
+    candidates among them, where `kept`."""
     exact = values.float() if values.element_size() < 4 else values  # kthvalue on 16-bit floats: exact in float32
     tau = torch.kthvalue(exact[ranked], n_inside - rank + 1).values
-    out.view(-1)[positions[(exact >= tau) & within.reshape(-1).index_select(0, positions)]] = 1
+    out.view(-1).index_fill_(0, positions[(exact >= tau) & kept], 1)
+
+
+def _gathered(positions: Tensor, *tensors: Tensor) -> list[Tensor]:
+    """`positions` and the tensors' values there (`x[positions]` on a big tensor costs 10× `index_select`)."""
+    return [positions] + [x.reshape(-1).index_select(0, positions) for x in tensors]
 
 
 def _top_k(score: Tensor, candidates: Tensor, within: Tensor, k: int, n: int,
@@ -167,7 +173,7 @@ def _top_k(score: Tensor, candidates: Tensor, within: Tensor, k: int, n: int,
     # the few tokens inside the bracket: ranked exactly, and added to the output where they pass
     positions = true_positions(inside.logical_and_(within if within is candidates else within | candidates))
     passed = above.logical_and_(within).contiguous()
-    _add_inside(passed, score, candidates, within, positions, k - n_above, n_inside)
+    _add_inside(passed, *_gathered(positions, score, candidates, within), k - n_above, n_inside)
     return passed
 
 
