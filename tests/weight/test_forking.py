@@ -99,10 +99,9 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _PATHS = {
     "as configured": {},
     "bracket": {"_SMALL": 0, "_SAMPLE": 4, "_MIN_SAMPLE": 1},
-    "bracket, blocks of one row": {"_SMALL": 0, "_SAMPLE": 4, "_MIN_SAMPLE": 1, "_BLOCK": 1},
-    "bracket, ties at its ends split off": {"_SMALL": 0, "_SAMPLE": 4, "_MIN_SAMPLE": 1, "_WIDE": 0.0, "_BLOCK": 9},
-    "bracket, ranked whole": {"_SMALL": 0, "_SAMPLE": 4, "_MIN_SAMPLE": 1, "_WIDE": math.inf, "_BLOCK": 20},
-    "bracket that misses": {"_SMALL": 0, "_SAMPLE": 2, "_MIN_SAMPLE": 1, "_MARGIN": 0.0, "_BLOCK": 9},
+    "bracket, ties at its ends split off": {"_SMALL": 0, "_SAMPLE": 4, "_MIN_SAMPLE": 1, "_WIDE": 0.0},
+    "bracket, ranked whole": {"_SMALL": 0, "_SAMPLE": 4, "_MIN_SAMPLE": 1, "_WIDE": math.inf},
+    "bracket that misses": {"_SMALL": 0, "_SAMPLE": 2, "_MIN_SAMPLE": 1, "_MARGIN": 0.0},
 }
 
 
@@ -135,7 +134,7 @@ def test_top_fraction_mask_is_the_topk_threshold_selection(path, case):
             out = top_fraction_mask(score, ranked, top, within=within)
             assert out.dtype == torch.float32 and out.shape == score.shape
             assert torch.equal(out, expected), (score, ranked, top)
-            strided = score.t().contiguous().t()  # the same scores, not contiguous: the whole-batch path
+            strided = score.t().contiguous().t()  # the same scores, not contiguous
             assert torch.equal(top_fraction_mask(strided, ranked, top, within=within), expected)
             # into a buffer, which may be the score itself
             buffer = torch.full(score.shape, 7.0)

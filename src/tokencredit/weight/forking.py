@@ -28,10 +28,12 @@ def top_fraction_mask(score: Tensor, candidates: Tensor, top: float, within: Ten
     radix select over the float bits needs a `bincount` of the whole batch per 8–12 bits (5 ms on int32 keys,
     25 ms on int64, after a 2–3 ms key pass) and a second narrowing pass: 25–30 ms. This is exact and cheaper:
     a sample of ~2^15 candidates (one per stretch, jittered from a fixed seed) brackets τ between two sample
-    order statistics `lo ≤ τ ≤ hi` (±4 binomial standard deviations); block by block of rows (bool buffers in
-    cache, the float output written directly), two comparisons count the candidates above `hi` and inside the
-    bracket and collect the positions of the ≈2% inside (`true_positions`, 8 mask bytes a word); `kthvalue` on
-    those few values gives τ exactly. Whole call: 8–20 ms (load-dependent), 6–9× faster than the `topk`.
+    order statistics `lo ≤ τ ≤ hi` (±4 binomial standard deviations); two comparison passes count the candidates
+    above `hi` and inside the bracket, the positions of the ≈2% inside are found 8 mask bytes a word
+    (`true_positions`), and `kthvalue` on those few values gives τ exactly. Whole call: 16–25 ms (load-dependent),
+    5–8× faster than the `topk`; the comparisons (bool output: a scalar loop in torch, ~0.45 ns an element)
+    and the float output are most of it. (Doing it block by block of rows, with reused bool buffers and the float
+    output written directly, measured no faster on one thread and slower on two.)
     If the sample missed (unlucky or adversarially ordered data), the bracket is widened to everything on the
     missed side and counted again, which cannot miss; a bracket holding a large tie is split at its ends by two
     more counts; candidates with a NaN score take the compacting `topk` path. Nothing here is limited in size
@@ -47,10 +49,6 @@ def top_fraction_mask(score: Tensor, candidates: Tensor, top: float, within: Ten
         return torch.zeros(within.shape, dtype=torch.float32, device=within.device) if out is None else out.zero_()
     k = top_count(n, top)
     bracket = _bracket(score.reshape(-1), candidates.reshape(-1), k, n) if _bracketable(score, n) else None
-    if bracket is not None and _blockwise(score, candidates, within, out):
-        out = torch.empty(within.shape, dtype=torch.float32, device=within.device) if out is None else out
-        if _top_k_in_blocks(score, candidates, within, k, n, *bracket, out):
-            return out
     passed = _top_k(score, candidates, within, k, n, bracket)
     return as_float(passed) if out is None else out.copy_(passed.view(torch.uint8))
 
@@ -60,64 +58,15 @@ _SAMPLE = 1 << 15  # candidates sampled to bracket the threshold
 _MARGIN = 4.0  # bracket half-width around the sample quantile, in binomial standard deviations
 _MIN_SAMPLE = 256  # fewer sampled candidates: compact and rank directly
 _WIDE = 1 / 16  # a bracket holding more of the candidates than this is checked for ties at its ends
-_BLOCK = 1 << 19  # elements of a block of rows in the blockwise pass (its bool buffers: 512 KB each)
 
 
 def _bracketable(score: Tensor, n: int) -> bool:
     return n >= _SMALL and score.is_floating_point() and score.device.type == "cpu"
 
 
-def _blockwise(score: Tensor, candidates: Tensor, within: Tensor, out: Tensor | None) -> bool:
-    """Whether `_top_k_in_blocks` applies: contiguous inputs, and an `out` that is not the score's memory."""
-    contiguous = all(x.is_contiguous() for x in (score, candidates, within))
-    separate = out is None or (out.is_contiguous() and out.untyped_storage().data_ptr()
-                               != score.untyped_storage().data_ptr())
-    return score.dim() >= 1 and score.shape[-1] > 0 and contiguous and separate
-
-
-def _top_k_in_blocks(score: Tensor, candidates: Tensor, within: Tensor, k: int, n: int, lo: Tensor, hi: Tensor,
-                     out: Tensor) -> bool:
-    """The common case of `_top_k`, writing the float32 result into `out` block by block of rows: the bool
-    buffers stay in cache and are reused (the whole-batch version makes three fresh [B,T] bool tensors and
-    a float copy of the result, whose page faults cost as much as the arithmetic). False (and `out` holds
-    garbage) when the bracket missed, holds a NaN or a large tie: `_top_k` then does it all."""
-    width = score.shape[-1]
-    score2, candidates2, within2, out2 = (x.view(-1, width) for x in (score, candidates, within, out))
-    rows = max(1, _BLOCK // width)
-    above, inside, scratch = (torch.empty((min(rows, score2.shape[0]), width), dtype=torch.bool,
-                                          device=score.device) for _ in range(3))
-    tie = bool(lo == hi)  # then τ = lo if the counts agree: everything in the bracket passes, nothing to rank
-    n_at_most_hi = n_above = n_inside = 0
-    found = []
-    for start in range(0, score2.shape[0], rows):
-        block = slice(start, start + rows)
-        m = score2[block].shape[0]
-        a, i, t, c, w = above[:m], inside[:m], scratch[:m], candidates2[block], within2[block]
-        torch.ge(score2[block], lo, out=a)
-        torch.le(score2[block], hi, out=i)
-        n_at_most_hi += int(token_count(torch.logical_and(i, c, out=t)))
-        i.logical_and_(a)  # lo ≤ score ≤ hi
-        n_inside += int(token_count(torch.logical_and(i, c, out=t)))
-        if not tie:
-            a.logical_xor_(i)  # score > hi (a NaN is in neither)
-            if within is not candidates:  # the output also needs the other `within` tokens inside the bracket
-                torch.logical_or(w, c, out=t).logical_and_(i)
-            local = true_positions(t)  # gathered here, while the block is in cache
-            found.append([local.add(start * width)] + [x.view(-1).index_select(0, local) for x in
-                                                       (score2[block], c, w)])
-        n_above += int(token_count(torch.logical_and(a, c, out=t))) - (n_inside if tie else 0)
-        out2[block].copy_(a.logical_and_(w).view(torch.uint8))
-    bracket_ok = n_above + n_at_most_hi == n and n_above < k <= n_above + n_inside
-    if not bracket_ok or (n_inside > _WIDE * n and not tie):
-        return False
-    if not tie:
-        _add_inside(out, *(torch.cat(parts) for parts in zip(*found)), k - n_above, n_inside)
-    return True
-
-
 def _add_inside(out: Tensor, positions: Tensor, values: Tensor, ranked: Tensor, kept: Tensor, rank: int,
                 n_inside: int) -> None:
-    """Set `out` (float) to 1 at the flat `positions` (the tokens inside the bracket, with their scores `values`,
+    """Set `out` (bool) to 1 at the flat `positions` (the tokens inside the bracket, with their scores `values`,
     candidate flags `ranked` and `within` flags `kept`) whose score reaches the `rank`-th largest score of the
     candidates among them, where `kept`."""
     exact = values.float() if values.element_size() < 4 else values  # kthvalue on 16-bit floats: exact in float32
