@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from hypothesis import strategies as st
 
 from tokencredit import Rollouts
+from tokencredit.registry import register, unregister
 
 
 def lengths_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:
@@ -34,3 +37,13 @@ def prefix_sharing_sequences(draw, max_rows: int = 10, vocab: int = 3, max_len: 
         else:
             seqs.append(draw(st.lists(st.integers(0, vocab), max_size=max_len)))
     return seqs
+
+
+@contextmanager
+def registered(stage: str, name: str, fn, needs=None):
+    """`fn` registered as `name` in `stage` for the duration of the block (other tests never see it)."""
+    register(stage, name, needs=needs)(fn)
+    try:
+        yield fn
+    finally:
+        unregister(stage, name)

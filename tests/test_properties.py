@@ -5,10 +5,11 @@ The stage functions are discovered through `tc.methods()`, so a newly registered
 editing this file. Each stage is called with the signature `Recipe.credit` / `Recipe.loss` use:
 
     shape, advantage      fn(rollouts)                                   -> [B,T] float, 0 outside mask
-    weight                fn(rollouts, advantage, keep=)                 -> [B,T] float, 0 outside mask
     select                fn(rollouts, advantage)                        -> [B] bool
-    objective             fn(logprob, old_logprob, advantage, mask, ...) -> (scalar loss, stats)
-    aggregate             fn(loss, mask, advantage=, group=)             -> scalar
+    token_select          fn(rollouts, advantage)                        -> [B,T] bool, False outside mask
+    weight                fn(rollouts, advantage, keep=[B,T])            -> [B,T] float, 0 outside mask
+    objective             fn(logprob, old_logprob, advantage, mask, ...) -> ([B,T] loss, 0 outside mask; stats)
+    aggregate             fn(mask, <advantage=, group=, budget= it reads>) -> coefficients [B]
     kl                    fn(logprob, ref_logprob)                       -> [B,T]
 
 A function that needs an optional `Rollouts` field (gae: value, forking_tokens: entropy, ...) may refuse a
@@ -26,10 +27,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tokencredit as tc
-from tokencredit import Credit, Rollouts
-from tokencredit.objective.aggregate import aggregation_weight, weighted_token_sum
+from tokencredit import Rollouts
+from tokencredit.objective import policy_loss
+from tokencredit.objective.aggregate import aggregate, coefficients, weighted_token_sum
 
-OPTIONAL = ("tokens", "logprob", "ref_logprob", "entropy", "value", "truncated")
+OPTIONAL = ("tokens", "logprob", "ref_logprob", "entropy", "value", "truncated", "budget")
 TOKEN_STAGES = ("shape", "advantage")
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -92,6 +94,7 @@ def cases(draw) -> Case:
         "entropy": (torch.rand(b, t, generator=gen, dtype=torch.float64) * 3).round(decimals=1).to(fdtype),
         "value": torch.randn(b, t, generator=gen, dtype=torch.float64).to(fdtype),
         "truncated": torch.rand(b, generator=gen) < 0.3,
+        "budget": t + draw(st.integers(1, 5)),
     }
     present = {name: draw(st.booleans()) for name in OPTIONAL}
     full = Rollouts(group=group, mask=mask, reward=reward, **optional)
@@ -113,7 +116,7 @@ def fixed_case(lengths: list[int], t: int, groups: list[int], reward: list[float
         reward=torch.tensor(reward, dtype=torch.float64).reshape(-1 if len(reward) == b else (b, t)).to(dtype),
         tokens=torch.randint(0, 3, (b, t), generator=gen), logprob=logprob.to(dtype),
         ref_logprob=(logprob - 0.1).to(dtype), entropy=torch.rand(b, t, generator=gen).to(dtype),
-        value=torch.randn(b, t, generator=gen).to(dtype), truncated=torch.zeros(b, dtype=torch.bool),
+        value=torch.randn(b, t, generator=gen).to(dtype), truncated=torch.zeros(b, dtype=torch.bool), budget=t + 1,
     )
     return Case(rollouts=full, full=full, seed=seed, description=f"fixed: lengths={lengths} T={t} dtype={dtype}")
 
@@ -223,7 +226,7 @@ def test_sequence_reward_means_outcome_shaped_token_rewards(case: Case) -> None:
     for name in tc.names("advantage"):
         fn = tc.get("advantage", name)
         torch.testing.assert_close(fn(full), fn(shaped), msg=f"advantage {name!r}\n{case.description}")
-    for stage in ("weight", "select"):
+    for stage in ("weight", "select", "token_select"):
         for name in tc.names(stage):
             fn = tc.get(stage, name)
             assert torch.equal(fn(full, advantage), fn(shaped, advantage)), f"{stage} {name!r}"
@@ -234,9 +237,12 @@ def test_sequence_reward_means_outcome_shaped_token_rewards(case: Case) -> None:
 @with_fixed
 def test_weight_and_select_stages(case: Case) -> None:
     b = case.mask.shape[0]
+    t = case.mask.shape[1]
+    every_other = case.mask & (torch.arange(b) % 2 == 0)[:, None]  # responses dropped
+    checker = case.mask & (torch.arange(b)[:, None] + torch.arange(t)[None, :]) % 2 == 0  # tokens dropped
     for advantage in (_advantage(case), torch.zeros(case.mask.shape)):
-        for name in tc.names("weight"):  # keep: none given, every other response, none kept
-            for keep in (None, torch.arange(b) % 2 == 0, torch.zeros(b, dtype=torch.bool)):
+        for name in tc.names("weight"):  # keep [B,T]: none given, responses dropped, tokens dropped, none kept
+            for keep in (None, every_other, checker, torch.zeros_like(case.mask)):
                 out = _call_on_rollouts(tc.get("weight", name), case, advantage, keep=keep)
                 _assert_token_tensor(out, case, f"weight {name!r} (keep={keep})")
                 assert out.dtype == torch.float32, f"weight {name!r}: dtype {out.dtype}, contract is float32"
@@ -244,6 +250,10 @@ def test_weight_and_select_stages(case: Case) -> None:
             keep = _call_on_rollouts(tc.get("select", name), case, advantage)
             assert isinstance(keep, torch.Tensor) and keep.dtype == torch.bool, f"select {name!r}: {keep!r}"
             assert tuple(keep.shape) == (b,), f"select {name!r}: shape {list(keep.shape)} != [{b}]"
+        for name in tc.names("token_select"):
+            keep = _call_on_rollouts(tc.get("token_select", name), case, advantage)
+            assert isinstance(keep, torch.Tensor) and keep.dtype == torch.bool, f"token_select {name!r}: {keep!r}"
+            assert keep.shape == case.mask.shape and not (keep & ~case.mask).any(), f"token_select {name!r}"
 
 
 @SETTINGS
@@ -254,10 +264,13 @@ def test_weight_and_select_stages(case: Case) -> None:
 @example(case=FIXED[3], agg="seq_mean_token_mean")
 def test_objectives(case: Case, agg: str | None) -> None:
     advantage = _advantage(case)
-    kwargs = {} if agg is None else {"agg": agg, "group": case.rollouts.group}
+    agg_params = {"group": case.rollouts.group, "budget": case.mask.shape[1] + 1}
     for name in tc.names("objective"):
         logprob, old = _logprobs(case)
-        loss, stats = tc.get("objective", name)(logprob, old, advantage, case.mask, **kwargs)
+        per_token, _ = tc.get("objective", name)(logprob, old, advantage, case.mask)
+        _assert_token_tensor(per_token.detach(), case, f"objective {name!r} per-token loss")
+        loss, stats = policy_loss(name, logprob, old, advantage, case.mask, agg=agg or "token_mean",
+                                  agg_params=agg_params)
         what = f"objective {name!r} agg={agg}"
         _assert_scalar(loss, what, case)
         loss.backward()
@@ -296,22 +309,22 @@ def test_aggregations_and_micro_batches(case: Case) -> None:
     row micro-batches, each given the whole batch's coefficients, sums to the full batch's loss and gradient."""
     mask, group = case.mask, case.rollouts.group
     advantage = _advantage(case)
+    context = {"advantage": advantage, "group": group, "budget": mask.shape[1] + 1}
     num_tokens, num_seqs = mask.sum(), mask.any(-1).sum()
     gen = case.generator(4)
     for name in tc.names("aggregate"):
-        fn = tc.get("aggregate", name)
         loss = _per_token_loss(case)
-        full = fn(loss, mask, advantage=advantage, group=group)
+        full = aggregate(name, loss, mask, **context)
         _assert_scalar(full, f"aggregate {name!r}", case)
         (full_grad,) = torch.autograd.grad(full, loss)
         _assert_grad(full_grad, case, f"aggregate {name!r}")
 
-        coef = aggregation_weight(name, mask, advantage=advantage, group=group)
+        coef = coefficients(name, mask, **context)
         assert coef.shape == (mask.shape[0],) and torch.isfinite(coef).all(), f"{name}: weights {coef}"
         # a bound on the summation error: the same sum of absolute terms
         scale = weighted_token_sum(loss.detach().abs(), mask, coef.abs()).item()
 
-        modes: list[tuple[str, dict]] = [("seq_weight", {})]
+        modes: list[tuple[str, dict]] = [("coef", {})]
         if name == "token_mean":
             modes.append(("num_tokens", {"num_tokens": num_tokens}))
         elif name.startswith("seq_mean"):
@@ -320,9 +333,9 @@ def test_aggregations_and_micro_batches(case: Case) -> None:
             for parts in (1, 2, 4, mask.shape[0]):
                 total = torch.zeros(())
                 for rows in _row_splits(mask.shape[0], parts, gen):
-                    extra = {"seq_weight": coef[rows]} if mode == "seq_weight" else normaliser
-                    total = total + fn(loss[rows], mask[rows], advantage=advantage[rows], group=group[rows],
-                                       **extra)
+                    part = {"advantage": advantage[rows], "group": group[rows], "budget": context["budget"]}
+                    extra = {"coef": coef[rows]} if mode == "coef" else {**part, **normaliser}
+                    total = total + aggregate(name, loss[rows], mask[rows], **extra)
                 what = f"aggregate {name!r} via {mode} in {parts} micro-batches\n{case.description}"
                 assert abs(total.item() - full.item()) <= 1e-6 * scale + 1e-30, (
                     f"{what}: {total.item()} != {full.item()} (scale {scale})")
@@ -369,10 +382,6 @@ def test_presets_credit_and_loss(case: Case) -> None:
             assert torch.isfinite(torch.as_tensor(value)).all(), f"{what}: stats[{key!r}] = {value}"
 
 
-def _credit_rows(credit: Credit, rows: torch.Tensor) -> Credit:
-    return Credit(advantage=credit.advantage[rows], weight=credit.weight[rows], keep=credit.keep[rows])
-
-
 MICRO_BATCH_VARIANTS = [(name, {}) for name in tc.methods()["presets"]] + [
     ("grpo", {"kl": "k3", "kl_coef": 0.1, "entropy_coef": 0.01}),
 ]
@@ -384,18 +393,17 @@ MICRO_BATCH_VARIANTS = [(name, {}) for name in tc.methods()["presets"]] + [
 @pytest.mark.parametrize("name, overrides", MICRO_BATCH_VARIANTS)
 def test_recipe_loss_micro_batches(case: Case, name: str, overrides: dict) -> None:
     """`Recipe.loss` over row micro-batches of a batch, each with its slice of the whole batch's credit and
-    `aggregation_weight`, sums to the full batch's loss and gradient."""
+    `coefficients`, sums to the full batch's loss and gradient."""
     recipe = tc.recipe(name, **overrides)
     rollouts, credit, entropy = _recipe_inputs(case, recipe)
-    coef = recipe.aggregation_weight(rollouts, credit)
+    coef = recipe.coefficients(rollouts, credit)
     logprob, _ = _logprobs(case)
 
     def loss_of(rows: torch.Tensor | None) -> torch.Tensor:
         if rows is None:
             return recipe.loss(logprob, rollouts, credit, entropy=entropy)[0]
         ent = None if entropy is None else entropy[rows]
-        return recipe.loss(logprob[rows], rollouts.select(rows), _credit_rows(credit, rows), entropy=ent,
-                           seq_weight=coef[rows])[0]
+        return recipe.loss(logprob[rows], rollouts.select(rows), credit.select(rows), entropy=ent, coef=coef[rows])[0]
 
     full = loss_of(None)
     (full_grad,) = torch.autograd.grad(full, logprob)

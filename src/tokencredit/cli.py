@@ -273,10 +273,6 @@ def _number(value: float | None, *, digits: int = 3, signed: bool = False) -> st
     return "–" if value is None else f"{value:{'+' if signed else ''}.{digits}f}"
 
 
-# advantages whose inputs `inspect` cannot produce from one batch of sampled responses
-_NOT_INSPECTABLE = {"gae": "a trained critic", "spo_tree": "responses sampled as a segment tree"}
-
-
 @app.command("inspect")
 def inspect_credit(
     checkpoint: Path = CHECKPOINT,
@@ -292,14 +288,12 @@ def inspect_credit(
     out: Path = typer.Option(Path("token_credit.html"), help="the HTML report"),
 ) -> None:
     """Which tokens get the credit: one batch of sampled responses, each recipe's per-token credit, as HTML."""
-    import torch
+    import random
 
-    from tokencredit.advantage.spo import spo_chain_values_for
     from tokencredit.inspect.report import credit_report, token_pieces
-    from tokencredit.recipes import at_progress
-    from tokencredit.rewards import safe_score
-    from tokencredit.sampling.continuation import TaskContinuations
-    from tokencredit.train.trainer import make_rollouts
+    from tokencredit.needs import merge
+    from tokencredit.train import TrainConfig
+    from tokencredit.train.providers import Providers, RunContext
 
     names = [n.strip() for n in recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in tc.PRESETS]
@@ -308,32 +302,28 @@ def inspect_credit(
     if len(set(names)) != len(names):
         _fail(f"--recipes: each preset once, got {names}")
     chosen = [tc.recipe(n) for n in names]
-    for r in chosen:
-        if r.advantage in _NOT_INSPECTABLE:
-            _fail(f"--recipes: {r.name!r} needs {_NOT_INSPECTABLE[r.advantage]}, which inspect does not produce")
-    spo = [r for r in chosen if r.advantage == "spo_chain"]
-    if len(spo) > 1:  # the batch holds one set of cut-point values
-        _fail(f"--recipes: at most one spo_chain recipe, got {[r.name for r in spo]}")
     the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts, temperature,
                                                                max_new_tokens, seed)
-    expanded = [e for e in held_out for _ in range(group_size)]
-    with console.status(f"sampling {prompts} × {group_size} responses"):
-        sampled = sampler.sample([e.prompt for e in expanded])
-        rewards, _ = safe_score(the_task, sampled.texts, expanded)
-    rollouts = make_rollouts(sampled, rewards, torch.arange(prompts).repeat_interleave(group_size), None)
-    if spo:  # SPO-chain's values: Monte-Carlo completions of the prefixes at its cut points, as in training
-        with console.status("sampling SPO-chain value completions"):
-            rollouts = spo_chain_values_for(TaskContinuations(sampler, the_task), expanded, rollouts,
-                                            at_progress(spo[0].advantage_params, progress))
-    token_text = [token_pieces(tokenizer, row[keep].tolist())
-                  for row, keep in zip(sampled.response_ids, sampled.response_mask)]
+    cfg = TrainConfig(seed=seed, rl={"group_size": group_size, "temperature": temperature,
+                                     "max_new_tokens": max_new_tokens})
+    context = RunContext(cfg=cfg, model=sampler.model, tokenizer=tokenizer, sampler=sampler, task=the_task,
+                         rng=random.Random(seed), start=checkpoint, resume=checkpoint, learn=False)
+    try:  # one batch for every recipe: their needs must fit together, and inspect must be able to supply them
+        needs = merge((f"recipe {r.name!r}", r.needs(progress)) for r in chosen)
+        providers = Providers(context, needs)
+    except ValueError as err:
+        _fail(f"--recipes {','.join(names)}: {err}")
+    with console.status(f"sampling {prompts} prompts' responses and what {','.join(names)} need"):
+        batch = providers.collect(held_out, needs, signals={"progress": progress})
+    rollouts = batch.rollouts
+    token_text = [token_pieces(tokenizer, row[keep].tolist()) for row, keep in zip(rollouts.tokens, rollouts.mask)]
     title = f"token credit: {checkpoint.name} on {task}" + (f" at progress {progress:g}" if progress else "")
-    page, summary = credit_report(rollouts, chosen, token_text, [e.prompt for e in expanded], title=title,
+    page, summary = credit_report(rollouts, chosen, token_text, [e.prompt for e in batch.examples], title=title,
                                   progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
-    accuracy = rewards.gt(0.5).float().mean()
-    table = Table(title=f"credit over {prompts} × {group_size} responses (accuracy {accuracy:.0%})")
+    accuracy = rollouts.sequence_reward().gt(0.5).float().mean()
+    table = Table(title=f"credit over {batch.size} responses to {prompts} prompts (accuracy {accuracy:.0%})")
     for column in ("recipe", "responses kept", "tokens with credit", "|credit| share of the top 10% tokens"):
         table.add_column(column)
     for name, row in summary.items():

@@ -36,11 +36,12 @@ def test_exponential_weights_by_hand():
     torch.testing.assert_close(w, torch.tensor(expected))
     assert w[0, 1].item() == pytest.approx(0.8) and w[1, 1] == 1.0
     # response 0 dropped: the largest kept |Ω| is response 1's first token, which now gets w_min
-    assert steer(_batch(), torch.tensor(A), keep=torch.tensor([False, True]))[1, 0].item() == pytest.approx(0.8)
+    kept = _batch().mask & torch.tensor([[False], [True]])
+    assert steer(_batch(), torch.tensor(A), keep=kept)[1, 0].item() == pytest.approx(0.8)
     # every |Ω| below 0.02: k uses 0.02, so no token is pushed down to w_min
     small = steer(_batch(), torch.tensor(A) * 1e-3)
     assert small[0, 1].item() == pytest.approx(math.exp(math.log(0.8) * abs(_omega(0, 1)) * 1e-3 / 0.02))
-    nothing_kept = steer(_batch(), torch.tensor(A), keep=torch.tensor([False, False]))
+    nothing_kept = steer(_batch(), torch.tensor(A), keep=torch.zeros_like(_batch().mask))
     torch.testing.assert_close(nothing_kept, _batch().mask.float())
 
 

@@ -17,12 +17,25 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+def tempered_logprobs(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """`log_softmax(logits / T)` `[N,T,V]` in float32: the distribution the sampler draws from."""
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def gathered(logp: Tensor, tokens: Tensor) -> Tensor:
+    """Log-probs `[N,T]` of `tokens [N,T]` under the log-distributions `logp [N,T,V]`."""
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logp: Tensor) -> Tensor:
+    """Entropy `[N,T]` of the log-distributions `logp [N,T,V]`."""
+    return -(logp.exp() * logp).sum(-1)
+
+
 def token_logprob_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """Log-prob of `tokens [N,T]` and entropy of the tempered distribution, from `logits [N,T,V]`, in float32."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy
+    logp = tempered_logprobs(logits, temperature)
+    return gathered(logp, tokens), entropy(logp)
 
 
 @dataclass
@@ -169,6 +182,17 @@ def prompt_response_inputs(prompt_ids: Tensor, prompt_mask: Tensor, response_ids
     return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids}
 
 
+def response_logits(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor) -> Tensor:
+    """The logits `[N,T,V]` that predict each response token, in one forward pass (with grad if enabled).
+
+    Inputs and position ids come from `prompt_response_inputs` (`generate`'s rule), so they describe the same
+    distribution as at sampling."""
+    t = response_ids.shape[1]
+    # logits only at the positions that predict response tokens (the last T+1, minus the final one)
+    logits = model(**prompt_response_inputs(prompt_ids, prompt_mask, response_ids), logits_to_keep=t + 1).logits
+    return logits[:, :-1]
+
+
 def policy_logprob(
     model: PreTrainedModel,
     prompt_ids: Tensor,
@@ -176,12 +200,6 @@ def policy_logprob(
     response_ids: Tensor,
     temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Recompute the policy's log-probs and entropies of `response_ids` in one forward pass (with grad).
-
-    Inputs and position ids come from `prompt_response_inputs` (`generate`'s rule), so the result describes
-    the same distribution as at sampling.
-    """
-    t = response_ids.shape[1]
-    # logits only at the positions that predict response tokens (the last T+1, minus the final one)
-    logits = model(**prompt_response_inputs(prompt_ids, prompt_mask, response_ids), logits_to_keep=t + 1).logits
-    return token_logprob_entropy(logits[:, :-1], response_ids, temperature)
+    """Recompute the policy's log-probs and entropies of `response_ids` in one forward pass (with grad)."""
+    return token_logprob_entropy(response_logits(model, prompt_ids, prompt_mask, response_ids), response_ids,
+                                 temperature)

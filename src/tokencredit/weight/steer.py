@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.masked import zero_outside
+from tokencredit.needs import Needs
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.weight.inputs import token_field
@@ -26,7 +27,7 @@ def entropy_change(rollouts: Rollouts, advantage: Tensor) -> Tensor:
     return zero_outside(omega, rollouts.mask)
 
 
-@register("weight", "steer")
+@register("weight", "steer", needs=Needs(inputs={"logprob", "entropy"}))
 def steer(
     rollouts: Rollouts,
     advantage: Tensor,
@@ -35,8 +36,8 @@ def steer(
     mode: str = "exp",
     keep: Tensor | None = None,
 ) -> Tensor:
-    """STEER token weights from the estimated entropy change `|Ω|` (see `entropy_change`), over the response
-    tokens of the kept responses:
+    """STEER token weights from the estimated entropy change `|Ω|` (see `entropy_change`), ranked over the tokens
+    in the loss (`keep [B,T]`, passed by `Recipe.credit`; None: every token of the mask):
 
     * `exp` (the paper's): `λ = clamp(exp(−k·|Ω|), w_min, 1)`, `k = −ln(w_min) / max(max|Ω|, 0.02)`, so the
       token with the largest |Ω| gets `w_min` (`w_max` must be 1);
@@ -57,7 +58,7 @@ def steer(
         raise ValueError(f"w_min, w_max: mode 'exp' weighs in [w_min, 1] (w_min ≤ 1, w_max = 1), got {w_min}, {w_max}")
     omega = entropy_change(rollouts, advantage).abs()
     mask = rollouts.mask
-    candidates = omega[mask if keep is None else mask & keep[:, None]]
+    candidates = omega[mask if keep is None else mask & keep]
     if candidates.numel() == 0:
         return mask.float()
     largest = candidates.max()
