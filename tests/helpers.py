@@ -19,7 +19,7 @@ def lengths_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:
 def rollouts(rewards, groups, lengths, width=None, **fields) -> Rollouts:
     mask = lengths_mask(lengths, width)
     return Rollouts(
-        group=torch.tensor(groups), mask=mask, reward=torch.tensor(rewards, dtype=torch.float32), **fields
+        group=torch.tensor(groups), mask=mask, reward=torch.as_tensor(rewards, dtype=torch.float32), **fields
     )
 
 

@@ -29,6 +29,7 @@ def _fields(**overrides) -> dict:
         "entropy": torch.rand(B, T),
         "value": torch.randn(B, T),
         "truncated": torch.zeros(B, dtype=torch.bool),
+        "budget": T,
     }
     return fields | overrides
 
@@ -213,6 +214,6 @@ def test_a_missing_input_names_the_field_and_the_stage() -> None:
                                          r"token ids"):
         tc.recipe("tempo").credit(rollouts)
     with pytest.raises(ValueError, match=r"Rollouts\.budget: aggregate 'seq_mean_token_sum_norm'"):
-        tc.recipe("dr_grpo").coefficients(_rollouts(), tc.recipe("dr_grpo").credit(_rollouts()))
+        tc.recipe("dr_grpo").coefficients(_rollouts(budget=None), tc.recipe("dr_grpo").credit(_rollouts()))
     with pytest.raises(ValueError, match=r"Rollouts\.value: advantage 'spo_chain' .* from the 'monte_carlo' value"):
         tc.recipe("spo_chain").credit(replace(_rollouts(), value=None))

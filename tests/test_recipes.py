@@ -16,7 +16,8 @@ def batch():
         tokens=torch.randint(0, 9, (b, t)), logprob=-torch.rand(b, t), ref_logprob=-torch.rand(b, t),
         entropy=torch.rand(b, t), value=torch.randn(b, t),
     )
-    return tc.Rollouts(group=r.group, mask=r.mask, reward=r.reward, budget=4, **fields)
+    return tc.Rollouts(group=r.group, mask=r.mask, reward=r.reward, budget=4, truncated=torch.zeros(b, dtype=torch.bool),
+                       **fields)
 
 
 def test_methods_lists_stages_and_presets():
@@ -111,7 +112,7 @@ def test_weight_functions_without_keep_still_work():
 
     r = rollouts([1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [2, 1, 2, 2])
     with registered("weight", "halves", halves), registered("weight", "spy", spy):
-        credit = tc.recipe("dapo", weight="halves").credit(r)
+        credit = tc.recipe("grpo", select="dynamic_filter", weight="halves").credit(r)
         torch.testing.assert_close(credit.weight, r.mask.float() * 0.5)
-        tc.recipe("dapo", weight="spy").credit(r)
+        tc.recipe("grpo", select="dynamic_filter", weight="spy").credit(r)
     assert torch.equal(seen["keep"], r.mask & torch.tensor([True, True, False, False])[:, None])

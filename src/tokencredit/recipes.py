@@ -238,8 +238,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "grpo": dict(advantage="grpo", agg="seq_mean_token_mean"),
     # Dr.GRPO: "Understanding R1-Zero-Like Training" (Liu et al., 2025)
     "dr_grpo": dict(advantage="dr_grpo", agg="seq_mean_token_sum_norm"),
-    # DAPO: clip-higher, dynamic sampling, token-level loss (Yu et al., 2025)
-    "dapo": dict(advantage="grpo", select="dynamic_filter", agg="token_mean",
+    # DAPO: clip-higher, dynamic sampling, token-level loss, overlong filtering and soft overlong punishment over
+    # the last 20% of the generation budget (Yu et al., 2025)
+    "dapo": dict(advantage="grpo", select="dynamic_filter", agg="token_mean", shape="overlong",
+                 shape_params={"cache": 0.2}, select_params={"drop_truncated": True},
                  objective_params={"clip_low": 0.2, "clip_high": 0.28}),
     # RLOO: "Back to Basics" (Ahmadian et al., 2024)
     "rloo": dict(advantage="rloo", agg="token_mean"),
@@ -265,8 +267,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                      advantage_params={"branching": [6, 6, 6], "segment_tokens": 30, "mode": "rloo"},
                      token_select_params={"threshold": 0.9}),
     # Forking tokens: DAPO on the top-20% entropy tokens ("Beyond the 80/20 Rule", Wang et al., 2025)
-    "forking": dict(advantage="grpo", select="dynamic_filter", weight="forking_tokens", agg="token_mean",
-                    weight_params={"top": 0.2}, objective_params={"clip_low": 0.2, "clip_high": 0.28}),
+    "forking": dict(weight="forking_tokens", weight_params={"top": 0.2}),
     # STEER: damp tokens by their estimated entropy change; dual-clip PPO, clip-higher, token mean ("Rethinking
     # Entropy Interventions in RLVR", Hao et al., 2025)
     "steer": dict(advantage="grpo", weight="steer", agg="token_mean", weight_params={"w_min": 0.8},
@@ -278,6 +279,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                 select_params={"fraction": {"start": 0.5, "end": 1.0}},
                 weight_params={"top": {"start": 0.2, "end": 1.0}}),
 }
+
+
+PRESETS["forking"] = {**PRESETS["dapo"], **PRESETS["forking"]}
 
 
 def recipe(name: str, **overrides: Any) -> Recipe:

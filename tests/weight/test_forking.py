@@ -24,7 +24,8 @@ def test_forking_rejects_bad_fraction():
 def test_dropped_responses_do_not_count_in_the_quantile():
     # group 1 is all-equal (dynamic_filter drops it) and holds the batch's highest entropies
     entropy = torch.tensor([[0.1, 0.4], [0.3, 0.2], [5.0, 6.0], [7.0, 8.0]])
-    r = rollouts([1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [2, 2, 2, 2], entropy=entropy)
+    r = rollouts([1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [2, 2, 2, 2], entropy=entropy, budget=8,
+                 truncated=torch.zeros(4, dtype=torch.bool))
     adv = tc.get("advantage", "grpo")(r)
     keep = torch.tensor([True, True, False, False])
     w = tc.get("weight", "forking_tokens")(r, adv, top=0.25, keep=r.mask & keep[:, None])  # 4 kept: the top 1, 0.4
