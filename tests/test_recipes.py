@@ -14,10 +14,9 @@ def batch():
     b, t = r.mask.shape
     fields = dict(
         tokens=torch.randint(0, 9, (b, t)), logprob=-torch.rand(b, t), ref_logprob=-torch.rand(b, t),
-        entropy=torch.rand(b, t), value=torch.randn(b, t),
+        entropy=torch.rand(b, t), value=torch.randn(b, t), truncated=torch.zeros(b, dtype=torch.bool),
     )
-    return tc.Rollouts(group=r.group, mask=r.mask, reward=r.reward, budget=4, truncated=torch.zeros(b, dtype=torch.bool),
-                       **fields)
+    return tc.Rollouts(group=r.group, mask=r.mask, reward=r.reward, budget=4, **fields)
 
 
 def test_methods_lists_stages_and_presets():
