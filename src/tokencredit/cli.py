@@ -324,7 +324,7 @@ def inspect_credit(
                                                                max_new_tokens, seed)
     cfg = TrainConfig(seed=seed, rl={"group_size": group_size, "temperature": temperature,
                                      "max_new_tokens": max_new_tokens})
-    context = RunContext(cfg=cfg, model=sampler.model, tokenizer=tokenizer, sampler=sampler, task=the_task,
+    context = RunContext(cfg=cfg, model=sampler.model, sampler=sampler, task=the_task,
                          rng=random.Random(seed), start=checkpoint, resume=checkpoint, learn=False)
     try:  # one batch for every recipe: their needs must fit together, and inspect must be able to supply them
         needs = merge((f"recipe {r.name!r}", r.needs(progress)) for r in chosen)

@@ -105,11 +105,13 @@ class Recipe(BaseModel):
                 out.append((stage, name, at_progress(getattr(self, params_field), progress) if params_field else {}))
         return out
 
-    def needs(self, progress: float = 0.0) -> Needs:
-        """Everything a caller must supply for `credit` and `loss` at training progress `progress`."""
-        needs = Needs(policy={"entropy"} if self.entropy_coef != 0 else ())
+    def needs(self, progress: float = 0.0, stages: tuple[str, ...] | None = None) -> Needs:
+        """Everything a caller must supply for `credit` and `loss` at training progress `progress` (or only what
+        `stages` need, e.g. `CREDIT_STAGES`: what `credit` reads)."""
+        needs = Needs(policy={"entropy"} if self.entropy_coef != 0 and stages is None else ())
         for stage, name, params in self.stages(progress):
-            needs = needs.merged(needs_of(stage, name, params), f"{stage} {name!r}")
+            if stages is None or stage in stages:
+                needs = needs.merged(needs_of(stage, name, params), f"{stage} {name!r}")
         return needs
 
     def _check(self, rollouts: Rollouts, stages: tuple[str, ...], progress: float, signals: dict[str, Any]) -> None:

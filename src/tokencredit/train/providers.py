@@ -74,7 +74,6 @@ class RunContext:
 
     cfg: TrainConfig
     model: torch.nn.Module
-    tokenizer: Any
     sampler: TransformersSampler
     task: Task
     rng: random.Random
@@ -197,9 +196,8 @@ class ReferenceLogprob(Provider):
 
     def provide(self, batch: Batch) -> Tensor:
         temperature = self.ctx.cfg.rl.temperature
-        logprob = batch.per_token(
-            lambda micro: gathered(tempered_logprobs(response_logits(self.model, *micro.model_inputs()), temperature),
-                                   micro.rollouts.tokens), self.ctx.cfg.rl.micro_batch_size)
+        logprob = batch.per_token(lambda micro: policy_forward(self.model, micro, temperature, {})[0],
+                                  self.ctx.cfg.rl.micro_batch_size)
         return logprob * batch.rollouts.mask
 
 

@@ -221,7 +221,7 @@ class Trainer:
     def start_rl(self) -> None:
         """The RL optimizer and the providers of what the recipe needs, restored from the checkpoint resumed from."""
         self.optimizer = make_optimizer(self.model, self.cfg.rl.lr, self.cfg.rl.weight_decay)
-        context = RunContext(cfg=self.cfg, model=self.model, tokenizer=self.tokenizer, sampler=self.sampler,
+        context = RunContext(cfg=self.cfg, model=self.model, sampler=self.sampler,
                              task=self.task, rng=self.task_rng, start=self._rl_start(), resume=self.resume_from,
                              recipe=self.recipe)
         self.providers = Providers(context, self.recipe.needs())
