@@ -6,7 +6,7 @@
 # Any failure (pip cannot install the engine, the engine does not import, a test fails or is skipped, no test ran)
 # exits non-zero. `--reuse` skips the build when .lanes/<engine>/ holds a complete one (for local iteration; CI
 # never passes it). Extra arguments after `--` go to pytest.
-set -euo pipefail
+set -Eeuo pipefail
 
 LANE_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$LANE_REPO"
