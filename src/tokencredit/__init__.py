@@ -5,9 +5,10 @@
     credit = r.credit(rollouts)
     loss, stats = r.loss(logprob, rollouts, credit)
     tc.get("advantage", "grpo")(rollouts)      # any stage, without a recipe
+    tc.get("preference", "dpo")(pairs, chosen_logprob, rejected_logprob)   # preference losses on tc.Pairs
 """
 
-from tokencredit import advantage, objective, select, shape, weight  # noqa: F401  (register the stages)
+from tokencredit import advantage, objective, preference, select, shape, weight  # noqa: F401  (register the stages)
 from tokencredit.pairs import Pairs
 from tokencredit.recipes import PRESETS, Recipe, recipe, register_preset
 from tokencredit.registry import STAGES, get, names, register
