@@ -21,6 +21,11 @@ answer and supply each need through a provider. Nothing outside a method's own m
               data curriculum
 
 `Needs` are values: a stage may declare a constant or a function of its (resolved) parameters.
+
+The `preference` stage (losses on `tokencredit.Pairs`) uses the same vocabulary per side. An input names a `Pairs`
+field stem, read as `chosen_<name>` and `rejected_<name>` (`ref_logprob`, `weight`, `token_reward`, `tokens`), or a
+per-side extra (`hidden` is `extra["chosen_hidden"]` and `extra["rejected_hidden"]`). A policy need `q` is passed
+to the loss as `chosen_q=` and `rejected_q=` tensors with gradient (SparsePO's `kl`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from tokencredit.needs import Needs
 
-STAGES = ("shape", "advantage", "select", "token_select", "weight", "objective", "aggregate", "kl")
+STAGES = ("shape", "advantage", "select", "token_select", "weight", "objective", "aggregate", "kl", "preference")
 _REGISTRY: dict[str, dict[str, Callable]] = {stage: {} for stage in STAGES}
 _NEEDS: dict[tuple[str, str], Needs | Callable[..., Needs]] = {}
 

@@ -19,18 +19,20 @@ from tokencredit.masked import masked_sum, token_count
 _OPTIONAL_TOKEN_FIELDS = ("tokens", "logprob", "ref_logprob", "entropy", "value")
 
 
-def _check(name: str, x: object, shape: tuple[int, ...], kind: str, shape_text: str) -> None:
+def _check(name: str, x: object, shape: tuple[int, ...], kind: str, shape_text: str, owner: str = "Rollouts") -> None:
+    """A `ValueError` naming `owner.name`, the expected shape and what was given, unless `x` is a `kind` tensor of
+    `shape` (shared by `Rollouts` and `Pairs`)."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"Rollouts.{name}: expected a torch.Tensor of shape {shape_text}, got {type(x).__name__}")
+        raise ValueError(f"{owner}.{name}: expected a torch.Tensor of shape {shape_text}, got {type(x).__name__}")
     if tuple(x.shape) != shape:
-        raise ValueError(f"Rollouts.{name}: expected shape {shape_text} = {list(shape)}, got {list(x.shape)}")
+        raise ValueError(f"{owner}.{name}: expected shape {shape_text} = {list(shape)}, got {list(x.shape)}")
     ok = {
         "bool": x.dtype == torch.bool,
         "int": not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool,
         "float": x.is_floating_point(),
     }[kind]
     if not ok:
-        raise ValueError(f"Rollouts.{name}: expected a {kind} tensor of shape {shape_text}, got dtype {x.dtype}")
+        raise ValueError(f"{owner}.{name}: expected a {kind} tensor of shape {shape_text}, got dtype {x.dtype}")
 
 
 @dataclass(frozen=True)
