@@ -14,12 +14,13 @@ T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random cr
 * Aggregations: forward + backward of a [B,T] per-token loss that requires grad. Reference: a Python loop
   over sequences (per group, then per sequence, for `balanced`).
 * Weight stages (`forking_tokens`, `d3s_tokens`, `steer`, called as `Recipe.credit` calls them, with the grpo
-  advantage and `keep` of every response): timed next to `grpo` on the same batch (`x grpo` = stage ms / grpo
-  ms, interleaved; goals: the batch-quantile selections ≤ 10×, steer ≤ 5×) and next to the implementation they
-  replaced (`before`, a verbatim copy: a `topk` of the top fraction of the masked copy of the scores; the STEER
-  formula written out with a masked copy for the maximum), whose output must be equal. `--large` adds
-  `forking_tokens` on a 67M-token batch (B = 8192, T = 8192: 512 prompts × 16 responses × 8k tokens, beyond
-  the 2^24 elements `torch.quantile` accepts), next to grpo there (≈2 GB of memory, ≈1 min with `before`).
+  advantage and `keep` = the mask, every token in the loss): timed next to `grpo` on the same batch (`x grpo` =
+  stage ms / grpo ms, interleaved; goals: the batch-quantile selections ≤ 10×, steer ≤ 5×) and next to the
+  implementation they replaced (`before`, a verbatim copy: a `topk` of the top fraction of the masked copy of
+  the scores; the STEER formula written out with a masked copy for the maximum), whose output must be equal.
+  `--large` adds `forking_tokens` on B = 8192, T = 8192 (67M elements: 512 prompts × 16 responses × 8k
+  positions, 42M of them tokens; beyond the 2^24 elements `torch.quantile` accepts), next to grpo there
+  (≈2 GB of memory, ≈1 min with `before`).
 
 Each reference is first checked to agree with the library (allclose); then both are timed (median of
 several runs after a warm-up; wall and process CPU time). The ratio is reference ms / library ms (wall);
@@ -517,7 +518,7 @@ def measure(args: argparse.Namespace) -> dict:
 def measure_weights(bench: Bench, rollouts: tc.Rollouts, advantage: Tensor) -> None:
     """The weight stages as `Recipe.credit` calls them, timed in one interleaved set with grpo (`x grpo`) and
     with the implementation they replaced (`before`, checked equal first)."""
-    keep = torch.ones(B, dtype=torch.bool)
+    keep = rollouts.mask  # `Recipe.credit`'s keep [B,T]: every token of the mask in the loss
     grpo = tc.get("advantage", "grpo")
     for name, (goal, before) in WEIGHT_REFS.items():
         fn = tc.get("weight", name)

@@ -222,7 +222,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
     from tokencredit.models import load_model
     from tokencredit.rewards import safe_score
     from tokencredit.tasks import Example, examples, make_task
-    from tokencredit.train.trainer import lr_at
+    from tokencredit.train.schedule import lr_at
 
     torch.set_num_threads(args.threads)
     cfg = _tokencredit_config(args, Path(args.work) / "unused")
@@ -296,7 +296,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
         dataloader_num_workers=0, log_completions=False, gradient_checkpointing=args.trl_gradient_checkpointing,
     )
     model, tokenizer = load_model(args.model)
-    # tokencredit's optimizer and schedule (Trainer._make_optimizer, lr_at), so both runs take the same lr steps
+    # tokencredit's optimizer and schedule (tokencredit.train.schedule), so both runs take the same lr steps
     optimizer = torch.optim.AdamW(model.parameters(), lr=rl.lr, weight_decay=rl.weight_decay, betas=(0.9, 0.99))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, rl.steps, 1.0, rl.warmup))
     trainer = TimedGRPOTrainer(model=model, reward_funcs=chain_sum_reward, args=config, train_dataset=dataset,
@@ -328,7 +328,7 @@ def worker_profile(args: argparse.Namespace) -> dict[str, Any]:
     trainer = _tokencredit_trainer(args, Path(args.work) / "profile")
     torch.set_num_threads(args.threads)
     trainer.run(stop_after=0)  # sets up the logger/state; with sft.steps=0 this is the step-0 eval + checkpoint
-    trainer.optimizer = trainer._make_optimizer(args.lr, 0.0)
+    trainer.start_rl()  # the RL optimizer and the recipe's providers
     trainer._rl_step(0)
     profiler = cProfile.Profile()
     profiler.enable()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from hypothesis import strategies as st
 
 from tokencredit import Rollouts
+from tokencredit.registry import register, unregister
 
 
 def lengths_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:
@@ -16,7 +19,7 @@ def lengths_mask(lengths: list[int], width: int | None = None) -> torch.Tensor:
 def rollouts(rewards, groups, lengths, width=None, **fields) -> Rollouts:
     mask = lengths_mask(lengths, width)
     return Rollouts(
-        group=torch.tensor(groups), mask=mask, reward=torch.tensor(rewards, dtype=torch.float32), **fields
+        group=torch.tensor(groups), mask=mask, reward=torch.as_tensor(rewards, dtype=torch.float32), **fields
     )
 
 
@@ -34,3 +37,41 @@ def prefix_sharing_sequences(draw, max_rows: int = 10, vocab: int = 3, max_len: 
         else:
             seqs.append(draw(st.lists(st.integers(0, vocab), max_size=max_len)))
     return seqs
+
+
+@contextmanager
+def registered(stage: str, name: str, fn, needs=None):
+    """`fn` registered as `name` in `stage` for the duration of the block (other tests never see it)."""
+    register(stage, name, needs=needs)(fn)
+    try:
+        yield fn
+    finally:
+        unregister(stage, name)
+
+
+def pairs(chosen_lengths, rejected_lengths, chosen_width=None, rejected_width=None, **fields):
+    """A `Pairs` with right-padded masks of the given lengths and any other fields."""
+    from tokencredit import Pairs
+
+    return Pairs(chosen_mask=lengths_mask(chosen_lengths, chosen_width),
+                 rejected_mask=lengths_mask(rejected_lengths, rejected_width), **fields)
+
+
+# Two hand-made pairs for the preference tests (garbage at the padding: 99 and NaN-free but absurd values).
+# Pair 0: chosen Δ = [1, 0.5] (sum 1.5), rejected Δ = [-1] (sum -1). Pair 1: chosen Δ = [0.5], rejected Δ = [-0.5, 1].
+HAND_CHOSEN_LOGPROB = [[-1.0, -2.0, 99.0], [-0.5, 99.0, 99.0]]
+HAND_CHOSEN_REF = [[-2.0, -2.5, -7.0], [-1.0, 5.0, 5.0]]
+HAND_REJECTED_LOGPROB = [[-3.0, 99.0], [-1.0, -1.0]]
+HAND_REJECTED_REF = [[-2.0, -9.0], [-0.5, -2.0]]
+HAND_CHOSEN_DELTA = [[1.0, 0.5], [0.5]]
+HAND_REJECTED_DELTA = [[-1.0], [-0.5, 1.0]]
+
+
+def hand_pairs(dtype=torch.float32, **fields):
+    """`(pairs, chosen_logprob, rejected_logprob)` of the two hand-made pairs (chosen lengths 2, 1 in width 3;
+    rejected lengths 1, 2 in width 2); the log-probs are leaves that require grad."""
+    p = pairs([2, 1], [1, 2], 3, 2, chosen_ref_logprob=torch.tensor(HAND_CHOSEN_REF, dtype=dtype),
+              rejected_ref_logprob=torch.tensor(HAND_REJECTED_REF, dtype=dtype), **fields)
+    chosen = torch.tensor(HAND_CHOSEN_LOGPROB, dtype=dtype, requires_grad=True)
+    rejected = torch.tensor(HAND_REJECTED_LOGPROB, dtype=dtype, requires_grad=True)
+    return p, chosen, rejected

@@ -4,13 +4,15 @@ names the culprit (and, for shapes, the expected shape; for names, the known nam
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 
 import tokencredit as tc
 from tokencredit import Rollouts
-from tokencredit.objective.aggregate import aggregation_weight
+from tokencredit.objective import policy_loss
+from tokencredit.objective.aggregate import aggregate, coefficients
 
 B, T = 4, 5
 
@@ -27,6 +29,7 @@ def _fields(**overrides) -> dict:
         "entropy": torch.rand(B, T),
         "value": torch.randn(B, T),
         "truncated": torch.zeros(B, dtype=torch.bool),
+        "budget": T,
     }
     return fields | overrides
 
@@ -170,13 +173,15 @@ def test_aggregation_errors() -> None:
     mask = _fields()["mask"]
     loss = torch.zeros(B, T)
     with pytest.raises(ValueError, match="advantage"):
-        tc.get("aggregate", "balanced")(loss, mask)
+        aggregate("balanced", loss, mask)
     with pytest.raises(ValueError, match="advantage"):
-        aggregation_weight("balanced", mask)
+        tc.get("aggregate", "balanced")(mask)
     with pytest.raises(ValueError, match="denominator"):
-        aggregation_weight("balanced", mask, advantage=loss, denominator="nope")
+        coefficients("balanced", mask, advantage=loss, denominator="nope")
+    with pytest.raises(ValueError, match="budget"):
+        coefficients("seq_mean_token_sum_norm", mask)
     with pytest.raises(ValueError, match="nope") as info:
-        aggregation_weight("nope", mask)
+        coefficients("nope", mask)
     for name in tc.names("aggregate"):
         assert repr(name) in str(info.value)
 
@@ -187,4 +192,28 @@ def test_objective_parameter_errors() -> None:
     with pytest.raises(ValueError, match="dual_clip"):
         tc.get("objective", "ppo_clip")(zeros, zeros, zeros, mask, dual_clip=1.0)
     with pytest.raises(ValueError, match="nope"):
-        tc.get("objective", "ppo_clip")(zeros, zeros, zeros, mask, agg="nope")
+        policy_loss("ppo_clip", zeros, zeros, zeros, mask, agg="nope")
+
+
+def test_recipe_parameters_are_checked_when_the_recipe_is_made() -> None:
+    with pytest.raises(ValueError, match=r"advantage_params: advantage 'grpo' has no parameter 'epsilon'"):
+        tc.recipe("grpo", advantage_params={"epsilon": 1e-6})
+    with pytest.raises(ValueError, match=r"objective_params: objective 'ppo_clip' has no parameter 'clip'"):
+        tc.recipe("grpo", objective_params={"clip": 0.2})
+    with pytest.raises(ValueError, match=r"weight_params: parameters given but no weight stage"):
+        tc.recipe("grpo", weight_params={"top": 0.2})
+    with pytest.raises(ValueError, match=r"weight_params.top: a schedule"):
+        tc.recipe("forking", weight_params={"top": {"start": 0.1}})
+    with pytest.raises(ValueError, match="progress"):
+        tc.recipe("grpo").credit(_rollouts(), progress=1.5)
+
+
+def test_a_missing_input_names_the_field_and_the_stage() -> None:
+    rollouts = replace(_rollouts(), tokens=None)
+    with pytest.raises(ValueError, match=r"Rollouts\.tokens: advantage 'tempo' \(recipe 'tempo'\) needs the response "
+                                         r"token ids"):
+        tc.recipe("tempo").credit(rollouts)
+    with pytest.raises(ValueError, match=r"Rollouts\.budget: aggregate 'seq_mean_token_sum_norm'"):
+        tc.recipe("dr_grpo").coefficients(_rollouts(budget=None), tc.recipe("dr_grpo").credit(_rollouts()))
+    with pytest.raises(ValueError, match=r"Rollouts\.value: advantage 'spo_chain' .* from the 'monte_carlo' value"):
+        tc.recipe("spo_chain").credit(replace(_rollouts(), value=None))

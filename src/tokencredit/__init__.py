@@ -5,9 +5,11 @@
     credit = r.credit(rollouts)
     loss, stats = r.loss(logprob, rollouts, credit)
     tc.get("advantage", "grpo")(rollouts)      # any stage, without a recipe
+    tc.get("preference", "dpo")(pairs, chosen_logprob, rejected_logprob)   # preference losses on tc.Pairs
 """
 
-from tokencredit import advantage, objective, select, shape, weight  # noqa: F401  (register the stages)
+from tokencredit import advantage, objective, preference, select, shape, weight  # noqa: F401  (register the stages)
+from tokencredit.pairs import Pairs
 from tokencredit.recipes import PRESETS, Recipe, recipe, register_preset
 from tokencredit.registry import STAGES, get, names, register
 from tokencredit.rollouts import Credit, Rollouts, group_ids, pad_right
@@ -21,6 +23,6 @@ def methods() -> dict[str, list[str]]:
 
 
 __all__ = [
-    "PRESETS", "STAGES", "Credit", "Recipe", "Rollouts", "get", "group_ids", "methods", "names",
+    "PRESETS", "STAGES", "Credit", "Pairs", "Recipe", "Rollouts", "get", "group_ids", "methods", "names",
     "pad_right", "recipe", "register", "register_preset",
 ]

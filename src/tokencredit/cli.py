@@ -193,9 +193,17 @@ def critical(
     checkpoint: Path = CHECKPOINT,
     task: str = TASK,
     task_param: list[str] = TASK_PARAMS,
-    prompts: int = typer.Option(16, min=1, help="held-out prompts (one sampled response each)"),
+    prompts: int = typer.Option(16, min=1, help="held-out prompts (one sampled response each; not with --responses)"),
+    responses: Path | None = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="search recorded responses instead of sampling: JSONL, one {prompt, response_ids or response, answer} "
+             "per line (see docs/critical.md)"),
     k: int = typer.Option(64, min=1, help="continuations sampled per prefix"),
     mode: str = typer.Option("scan", help="scan: every prefix (the paper); binary: bisection, assumes one collapse"),
+    counterfactual: bool = typer.Option(
+        False, "--counterfactual",
+        help="also sample k continuations at each critical token with a different first token, and report whether "
+             "the success rate rises (the paper's check)"),
     temperature: float = TEMPERATURE,
     max_new_tokens: int = typer.Option(48, min=1,
                                        help="token budget of a response (a continuation gets what its prefix left)"),
@@ -210,28 +218,38 @@ def critical(
 
     if mode not in MODES:
         _fail(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts, temperature,
-                                                               max_new_tokens, seed)
-    with console.status(f"sampling {prompts} responses"):
-        sampled = sampler.sample([e.prompt for e in held_out])
-        rewards, _ = safe_score(the_task, sampled.texts, held_out)
-    failed = [i for i in range(prompts) if rewards[i] <= 0.5]
-    content = sampled.response_mask & (sampled.response_ids != tokenizer.eos_token_id)
-    responses = [sampled.response_ids[i][content[i]].tolist() for i in failed]
+    if responses is None:
+        the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts,
+                                                                   temperature, max_new_tokens, seed)
+        with console.status(f"sampling {prompts} responses"):
+            sampled = sampler.sample([e.prompt for e in held_out])
+        content = sampled.response_mask & (sampled.response_ids != tokenizer.eos_token_id)
+        candidates = [(None, e, row[keep].tolist(), text)
+                      for e, row, keep, text in zip(held_out, sampled.response_ids, content, sampled.texts)]
+        source = f"sampled {prompts} responses"
+    else:
+        the_task, tokenizer, sampler, candidates = _recorded_responses(responses, task, task_param, checkpoint,
+                                                                       temperature, max_new_tokens, seed)
+        source = f"read {len(candidates)} responses from {responses}"
+    rewards, _ = safe_score(the_task, [text for *_, text in candidates], [e for _, e, *_ in candidates])
+    failed = [c for c, reward in zip(candidates, rewards.tolist()) if reward <= 0.5]
     scorer = TaskContinuations(sampler, the_task)
-    total = sum(len(r) + 1 for r in responses) if mode == "scan" else None  # bisection's probe count is not known
+    total = sum(len(tokens) + 1 for _, _, tokens, _ in failed) if mode == "scan" else None  # bisection's: unknown
     with _progress() as progress:
         bar = progress.add_task(f"prefixes × {k} continuations", total=total)
-        results = critical_tokens(_advancing(scorer, progress, bar), [held_out[i] for i in failed], responses,
-                                  k=k, mode=mode)
-    rows = [_critical_row(held_out[i], sampled.texts[i], tokens, result, tokenizer, mode, k)
-            for i, tokens, result in zip(failed, responses, results)]
+        results = critical_tokens(_advancing(scorer, progress, bar, total), [e for _, e, *_ in failed],
+                                  [tokens for _, _, tokens, _ in failed], k=k, mode=mode,
+                                  counterfactual=counterfactual)
+    rows = [_critical_row(line, example, text, tokens, result, tokenizer, mode, k)
+            for (line, example, tokens, text), result in zip(failed, results)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    console.print(_critical_table(rows, tokenizer, mode, k))
+    console.print(_critical_table(rows, tokenizer, mode, k, counterfactual))
     found = sum(r["index"] is not None for r in rows)
-    console.print(f"{len(failed)} of {prompts} responses failed, {found} with a critical token; "
-                  f"{sum(r['samples'] for r in rows)} continuations sampled; wrote {escape(str(out))}")
+    rises = sum(bool(r["counterfactual_rises"]) for r in rows)
+    checked = f"; replacing the critical token raised the success rate at {rises} of {found}" if counterfactual else ""
+    console.print(escape(f"{source}; {len(failed)} of {len(candidates)} responses failed, {found} with a critical "
+                         f"token{checked}; {sum(r['samples'] for r in rows)} continuations sampled; wrote {out}"))
 
 
 @app.command()
@@ -273,10 +291,6 @@ def _number(value: float | None, *, digits: int = 3, signed: bool = False) -> st
     return "–" if value is None else f"{value:{'+' if signed else ''}.{digits}f}"
 
 
-# advantages whose inputs `inspect` cannot produce from one batch of sampled responses
-_NOT_INSPECTABLE = {"gae": "a trained critic", "spo_tree": "responses sampled as a segment tree"}
-
-
 @app.command("inspect")
 def inspect_credit(
     checkpoint: Path = CHECKPOINT,
@@ -292,14 +306,12 @@ def inspect_credit(
     out: Path = typer.Option(Path("token_credit.html"), help="the HTML report"),
 ) -> None:
     """Which tokens get the credit: one batch of sampled responses, each recipe's per-token credit, as HTML."""
-    import torch
+    import random
 
-    from tokencredit.advantage.spo import spo_chain_values_for
     from tokencredit.inspect.report import credit_report, token_pieces
-    from tokencredit.recipes import at_progress
-    from tokencredit.rewards import safe_score
-    from tokencredit.sampling.continuation import TaskContinuations
-    from tokencredit.train.trainer import make_rollouts
+    from tokencredit.needs import merge
+    from tokencredit.train import TrainConfig
+    from tokencredit.train.providers import Providers, RunContext
 
     names = [n.strip() for n in recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in tc.PRESETS]
@@ -308,32 +320,28 @@ def inspect_credit(
     if len(set(names)) != len(names):
         _fail(f"--recipes: each preset once, got {names}")
     chosen = [tc.recipe(n) for n in names]
-    for r in chosen:
-        if r.advantage in _NOT_INSPECTABLE:
-            _fail(f"--recipes: {r.name!r} needs {_NOT_INSPECTABLE[r.advantage]}, which inspect does not produce")
-    spo = [r for r in chosen if r.advantage == "spo_chain"]
-    if len(spo) > 1:  # the batch holds one set of cut-point values
-        _fail(f"--recipes: at most one spo_chain recipe, got {[r.name for r in spo]}")
     the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts, temperature,
                                                                max_new_tokens, seed)
-    expanded = [e for e in held_out for _ in range(group_size)]
-    with console.status(f"sampling {prompts} × {group_size} responses"):
-        sampled = sampler.sample([e.prompt for e in expanded])
-        rewards, _ = safe_score(the_task, sampled.texts, expanded)
-    rollouts = make_rollouts(sampled, rewards, torch.arange(prompts).repeat_interleave(group_size), None)
-    if spo:  # SPO-chain's values: Monte-Carlo completions of the prefixes at its cut points, as in training
-        with console.status("sampling SPO-chain value completions"):
-            rollouts = spo_chain_values_for(TaskContinuations(sampler, the_task), expanded, rollouts,
-                                            at_progress(spo[0].advantage_params, progress))
-    token_text = [token_pieces(tokenizer, row[keep].tolist())
-                  for row, keep in zip(sampled.response_ids, sampled.response_mask)]
+    cfg = TrainConfig(seed=seed, rl={"group_size": group_size, "temperature": temperature,
+                                     "max_new_tokens": max_new_tokens})
+    context = RunContext(cfg=cfg, model=sampler.model, sampler=sampler, task=the_task,
+                         rng=random.Random(seed), start=checkpoint, resume=checkpoint, learn=False)
+    try:  # one batch for every recipe: their needs must fit together, and inspect must be able to supply them
+        needs = merge((f"recipe {r.name!r}", r.needs(progress)) for r in chosen)
+        providers = Providers(context, needs)
+    except ValueError as err:
+        _fail(f"--recipes {','.join(names)}: {err}")
+    with console.status(f"sampling {prompts} prompts' responses and what {','.join(names)} need"):
+        batch = providers.collect(held_out, needs, signals={"progress": progress})
+    rollouts = batch.rollouts
+    token_text = [token_pieces(tokenizer, row[keep].tolist()) for row, keep in zip(rollouts.tokens, rollouts.mask)]
     title = f"token credit: {checkpoint.name} on {task}" + (f" at progress {progress:g}" if progress else "")
-    page, summary = credit_report(rollouts, chosen, token_text, [e.prompt for e in expanded], title=title,
+    page, summary = credit_report(rollouts, chosen, token_text, [e.prompt for e in batch.examples], title=title,
                                   progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
-    accuracy = rewards.gt(0.5).float().mean()
-    table = Table(title=f"credit over {prompts} × {group_size} responses (accuracy {accuracy:.0%})")
+    accuracy = rollouts.sequence_reward().gt(0.5).float().mean()
+    table = Table(title=f"credit over {batch.size} responses to {prompts} prompts (accuracy {accuracy:.0%})")
     for column in ("recipe", "responses kept", "tokens with credit", "|credit| share of the top 10% tokens"):
         table.add_column(column)
     for name, row in summary.items():
@@ -348,36 +356,65 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), console=console)
 
 
-def _advancing(scorer, progress, bar):
-    """`scorer` called on one generate batch of prefixes at a time, each advancing the progress bar."""
+def _advancing(scorer, progress, bar, total: int | None):
+    """`scorer` called on one generate batch of prefixes at a time, each advancing the progress bar; a call with
+    `exclude_first` (the counterfactual probes, not counted in `total`) first adds its prefixes to the total."""
     import torch
 
-    def scored(exs, prefixes, k):
+    def scored(exs, prefixes, k, exclude_first=None):
+        nonlocal total
+        if exclude_first is not None and total is not None:
+            total += len(prefixes)
+            progress.update(bar, total=total)
         step = max(1, scorer.batch_size // k)
         parts = []
         for start in range(0, len(prefixes), step):
-            parts.append(scorer(exs[start : start + step], prefixes[start : start + step], k))
+            extra = {} if exclude_first is None else {"exclude_first": exclude_first[start : start + step]}
+            parts.append(scorer(exs[start : start + step], prefixes[start : start + step], k, **extra))
             progress.advance(bar, len(parts[-1]))
         return torch.cat(parts)
 
     return scored
 
 
-def _critical_row(example, text: str, tokens: list[int], result, tokenizer, mode: str, k: int) -> dict[str, Any]:
+def _recorded_responses(path: Path, task: str, task_param: list[str], checkpoint: Path, temperature: float,
+                        max_new_tokens: int, seed: int) -> tuple[Any, Any, Any, list[tuple[int, Any, list[int], str]]]:
+    """The task, tokenizer, a sampler of the checkpoint's model (torch seeded with `seed`) and the responses of
+    the `--responses` file as `(line, example, tokens, text)`; exit 2 naming the line on a bad record."""
+    import torch
+
+    from tokencredit.analysis.recorded import read_responses
+    from tokencredit.sampling import TransformersSampler
+
+    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
+    try:
+        records = read_responses(path, tokenizer, the_task, max_tokens=max_new_tokens)
+    except ValueError as err:
+        _fail(str(err))
+    torch.manual_seed(seed)
+    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    texts = tokenizer.batch_decode([r.tokens for r in records], skip_special_tokens=True)
+    return the_task, tokenizer, sampler, [(r.line, r.example, r.tokens, t) for r, t in zip(records, texts)]
+
+
+def _critical_row(line: int | None, example, text: str, tokens: list[int], result, tokenizer, mode: str,
+                  k: int) -> dict[str, Any]:
     """The JSON line of one failed response (fields documented in docs/critical.md)."""
     token = None if result.index is None else tokenizer.decode(tokens[result.index : result.index + 1])
-    return {"prompt": example.prompt, "answer": example.answer, "response": text, "tokens": tokens,
+    return {"line": line, "prompt": example.prompt, "answer": example.answer, "response": text, "tokens": tokens,
             "critical_token": token, "mode": mode, "k": k, **result.to_dict()}
 
 
-def _critical_table(rows: list[dict[str, Any]], tokenizer, mode: str, k: int) -> Table:
+def _critical_table(rows: list[dict[str, Any]], tokenizer, mode: str, k: int, counterfactual: bool) -> Table:
     table = Table(title=f"critical tokens ({mode}, k={k}): success rate c of continuations from each state")
-    for column in ("prompt", "response (critical token highlighted)", "t*", "c prompt", "c before", "c after"):
+    rates = ["prompt_rate", "rate_before", "rate_after"] + (["counterfactual_rate"] if counterfactual else [])
+    for column in ("prompt", "response (critical token highlighted)", "t*", "c prompt", "c before", "c after",
+                   *(["c replaced"] if counterfactual else [])):
         table.add_column(column)
     for row in rows:
-        table.add_row(escape(row["prompt"]), _highlighted(row["tokens"], row["index"], tokenizer),
-                      str(row["index"] if row["index"] is not None else "–"),
-                      *(_rate(row[key]) for key in ("prompt_rate", "rate_before", "rate_after")))
+        t = "–" if row["index"] is None else str(row["index"]) + (" (fallback)" if row["fallback"] else "")
+        table.add_row(escape(row["prompt"]), _highlighted(row["tokens"], row["index"], tokenizer), t,
+                      *(_rate(row[key]) for key in rates))
     return table
 
 

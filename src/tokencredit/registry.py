@@ -1,14 +1,20 @@
-"""One registry shared by every stage: `register(stage, name)` to add, `get(stage, name)` to look up."""
+"""One registry shared by every stage: `register(stage, name, needs=...)` to add, `get(stage, name)` to look up,
+`needs_of(stage, name, params)` for what the function needs from its caller (`tokencredit.needs`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-STAGES = ("shape", "advantage", "weight", "select", "objective", "aggregate", "kl")
+from tokencredit.needs import Needs
+
+STAGES = ("shape", "advantage", "select", "token_select", "weight", "objective", "aggregate", "kl", "preference")
 _REGISTRY: dict[str, dict[str, Callable]] = {stage: {} for stage in STAGES}
+_NEEDS: dict[tuple[str, str], Needs | Callable[..., Needs]] = {}
 
 F = TypeVar("F", bound=Callable)
+NeedsSpec = Needs | Callable[..., Needs] | None
 
 
 def _stage(stage: str) -> dict[str, Callable]:
@@ -17,17 +23,26 @@ def _stage(stage: str) -> dict[str, Callable]:
     return _REGISTRY[stage]
 
 
-def register(stage: str, name: str) -> Callable[[F], F]:
-    """Decorator that registers a stage function under `name`."""
+def register(stage: str, name: str, needs: NeedsSpec = None) -> Callable[[F], F]:
+    """Decorator that registers a stage function under `name`, with what it needs from its caller: a `Needs`,
+    or a function of the stage's parameters returning one (its keyword parameters count as the stage's
+    parameters too: a recipe accepts them and passes each to whichever of the two takes it)."""
     table = _stage(stage)
 
     def decorate(fn: F) -> F:
         if name in table and table[name] is not fn:
             raise ValueError(f"{stage} {name!r} is already registered")
         table[name] = fn
+        _NEEDS[(stage, name)] = needs if needs is not None else Needs()
         return fn
 
     return decorate
+
+
+def unregister(stage: str, name: str) -> None:
+    """Remove `name` from `stage` (a method registered for one experiment or test)."""
+    _stage(stage).pop(name, None)
+    _NEEDS.pop((stage, name), None)
 
 
 def get(stage: str, name: str) -> Callable:
@@ -40,3 +55,33 @@ def get(stage: str, name: str) -> Callable:
 
 def names(stage: str) -> list[str]:
     return sorted(_stage(stage))
+
+
+def needs_of(stage: str, name: str, params: Mapping[str, Any] | None = None) -> Needs:
+    """What `name` in `stage` needs with (resolved) `params`."""
+    get(stage, name)
+    spec = _NEEDS[(stage, name)]
+    if isinstance(spec, Needs):
+        return spec
+    return spec(**accepted(spec, params or {}))
+
+
+def parameters(stage: str, name: str) -> tuple[set[str], bool]:
+    """The keyword parameters `name` in `stage` takes (its function's and its needs function's), and whether its
+    function takes any keyword (`**kwargs`), in which case no parameter name is unknown."""
+    fn, spec = get(stage, name), _NEEDS[(stage, name)]
+    known = _keywords(fn) | (set() if isinstance(spec, Needs) else _keywords(spec))
+    return known, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
+def _keywords(fn: Callable) -> set[str]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds}
+
+
+def accepted(fn: Callable, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `params` that `fn` takes as keyword arguments (all of them if it takes `**kwargs`)."""
+    signature = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        return dict(params)
+    return {k: v for k, v in params.items() if k in signature}

@@ -7,8 +7,9 @@ stage is `[B,T]` float32 and is 0 outside `mask`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,18 +19,20 @@ from tokencredit.masked import masked_sum, token_count
 _OPTIONAL_TOKEN_FIELDS = ("tokens", "logprob", "ref_logprob", "entropy", "value")
 
 
-def _check(name: str, x: object, shape: tuple[int, ...], kind: str, shape_text: str) -> None:
+def _check(name: str, x: object, shape: tuple[int, ...], kind: str, shape_text: str, owner: str = "Rollouts") -> None:
+    """A `ValueError` naming `owner.name`, the expected shape and what was given, unless `x` is a `kind` tensor of
+    `shape` (shared by `Rollouts` and `Pairs`)."""
     if not isinstance(x, Tensor):
-        raise ValueError(f"Rollouts.{name}: expected a torch.Tensor of shape {shape_text}, got {type(x).__name__}")
+        raise ValueError(f"{owner}.{name}: expected a torch.Tensor of shape {shape_text}, got {type(x).__name__}")
     if tuple(x.shape) != shape:
-        raise ValueError(f"Rollouts.{name}: expected shape {shape_text} = {list(shape)}, got {list(x.shape)}")
+        raise ValueError(f"{owner}.{name}: expected shape {shape_text} = {list(shape)}, got {list(x.shape)}")
     ok = {
         "bool": x.dtype == torch.bool,
         "int": not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool,
         "float": x.is_floating_point(),
     }[kind]
     if not ok:
-        raise ValueError(f"Rollouts.{name}: expected a {kind} tensor of shape {shape_text}, got dtype {x.dtype}")
+        raise ValueError(f"{owner}.{name}: expected a {kind} tensor of shape {shape_text}, got dtype {x.dtype}")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class Rollouts:
 
     Required: `group [B]` integer prompt ids, `mask [B,T]` bool, `reward [B]` (per sequence) or `[B,T]`
     (per token) float. Optional: `tokens [B,T]` int, `logprob [B,T]` (behaviour policy), `ref_logprob [B,T]`,
-    `entropy [B,T]` (sampling distribution), `value [B,T]` (critic), `truncated [B]` bool.
+    `entropy [B,T]` (sampling distribution), `value [B,T]` (V of the state before each token), `truncated [B]`
+    bool, `budget` (the generation budget: the most tokens a response may have; an int, unchanged by padding),
+    and `extra`, any other per-token inputs by name, each `[B,T,...]` (see `tokencredit.needs`).
     Shapes and dtypes are checked at construction; a mismatch raises `ValueError` naming the field.
     """
 
@@ -51,6 +56,8 @@ class Rollouts:
     entropy: Tensor | None = None
     value: Tensor | None = None
     truncated: Tensor | None = None
+    budget: int | None = None
+    extra: Mapping[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.mask, Tensor) or self.mask.dim() != 2:
@@ -69,6 +76,16 @@ class Rollouts:
                 _check(name, x, (b, t), "int" if name == "tokens" else "float", "[B,T]")
         if self.truncated is not None:
             _check("truncated", self.truncated, (b,), "bool", "[B]")
+        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
+                                        or self.budget < 1):
+            raise ValueError(f"Rollouts.budget: expected a positive int (max new tokens), got {self.budget!r}")
+        for name, x in self.extra.items():
+            if name in _FIELDS:
+                raise ValueError(f"Rollouts.extra[{name!r}]: {name!r} is a field of Rollouts; set it directly")
+            if not isinstance(x, Tensor) or x.dim() < 2 or tuple(x.shape[:2]) != (b, t):
+                got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise ValueError(f"Rollouts.extra[{name!r}]: expected a tensor of shape [B,T,...] = [{b}, {t}, ...], "
+                                 f"got {got}")
 
     @property
     def batch_size(self) -> int:
@@ -85,49 +102,74 @@ class Rollouts:
             return self.reward.float()
         return masked_sum(self.reward.float(), self.mask, -1)
 
+    def input(self, name: str) -> Any:
+        """The input `name` (a field, or an entry of `extra`), or None when the batch does not carry it."""
+        return getattr(self, name) if name in _FIELDS else self.extra.get(name)
+
+    def with_inputs(self, **inputs: Any) -> Rollouts:
+        """A copy with the given inputs set: fields by name, any other name into `extra`."""
+        own = {k: v for k, v in inputs.items() if k in _FIELDS}
+        extra = {k: v for k, v in inputs.items() if k not in _FIELDS}
+        return replace(self, **own, extra={**self.extra, **extra}) if extra else replace(self, **own)
+
     def select(self, rows: Tensor) -> Rollouts:
         """The sub-batch of the given rows (an index or bool tensor over B)."""
-        return replace(self, **{f.name: _take(getattr(self, f.name), rows) for f in fields(self)})
+        return self._map(lambda x: x[rows])
 
     def narrow(self, width: int) -> Rollouts:
-        """The first `width` token positions (drop trailing padding)."""
-        return replace(self, **{f.name: _cut(getattr(self, f.name), width, self.mask.dim()) for f in fields(self)})
+        """The first `width` token positions (drop trailing padding); `budget` is unchanged."""
+        return self._map(lambda x: x[:, :width] if x.dim() >= 2 else x)
 
     def to(self, device: torch.device | str) -> Rollouts:
-        return replace(self, **{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+        return self._map(lambda x: x.to(device))
+
+    def _map(self, fn) -> Rollouts:
+        """`fn` applied to every tensor (fields and extras)."""
+        changed = {f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **changed, extra={k: fn(v) for k, v in self.extra.items()})
 
 
-def _take(x: Tensor | None, rows: Tensor) -> Tensor | None:
-    return None if x is None else x[rows]
-
-
-def _cut(x: Tensor | None, width: int, ndim: int) -> Tensor | None:
-    return x[:, :width] if x is not None and x.dim() == ndim else x
-
-
-def _move(x: Tensor | None, device: torch.device | str) -> Tensor | None:
-    return None if x is None else x.to(device)
+_FIELDS = frozenset(f.name for f in fields(Rollouts)) - {"extra"}
 
 
 @dataclass(frozen=True)
 class Credit:
-    """What a recipe's credit stages produce: `advantage [B,T]`, `weight [B,T]` (0 outside mask) and
-    `keep [B]` (responses that enter the loss). `advantage * weight` is the effective per-token advantage
-    for engines that only accept one tensor."""
+    """What a recipe's credit stages produce:
+
+    * `advantage [B,T]` and `weight [B,T]` (0 outside mask): token t of response i enters the loss as
+      `weight · ℓ(advantage)`; a zero weight removes the token's gradient but keeps it in the normaliser;
+    * `keep [B]`: the responses that enter the loss (the select stage's);
+    * `token_keep [B,T]` bool: the tokens that enter the loss *and its normaliser* (the token-select stage's;
+      None: every token of the mask);
+    * `progress`: the training progress the credit was computed at (the loss resolves its schedules there).
+
+    Engines without a weight hook get `folded()` (one advantage tensor) and `loss_mask(mask)` (the tokens their
+    loss should average over)."""
 
     advantage: Tensor
     weight: Tensor
     keep: Tensor
+    token_keep: Tensor | None = None
+    progress: float = 0.0
 
     def select(self, rows: Tensor) -> Credit:
-        return Credit(advantage=self.advantage[rows], weight=self.weight[rows], keep=self.keep[rows])
+        return replace(self, advantage=self.advantage[rows], weight=self.weight[rows], keep=self.keep[rows],
+                       token_keep=None if self.token_keep is None else self.token_keep[rows])
 
     def narrow(self, width: int) -> Credit:
-        return Credit(advantage=self.advantage[:, :width], weight=self.weight[:, :width], keep=self.keep)
+        return replace(self, advantage=self.advantage[:, :width], weight=self.weight[:, :width],
+                       token_keep=None if self.token_keep is None else self.token_keep[:, :width])
+
+    def loss_mask(self, mask: Tensor) -> Tensor:
+        """`[B,T]` bool: the tokens of `mask` that enter the loss and its normaliser (kept responses, kept tokens)."""
+        kept = mask & self.keep[:, None]
+        return kept if self.token_keep is None else kept & self.token_keep
 
     def folded(self) -> Tensor:
-        """`advantage * weight * keep`: the single tensor to hand to an engine without weight support."""
-        return self.advantage * self.weight * self.keep[:, None]
+        """`advantage · weight`, 0 for dropped responses and tokens: the single tensor to hand to an engine without
+        weight support (together with `loss_mask`)."""
+        keep = self.keep[:, None] if self.token_keep is None else self.keep[:, None] & self.token_keep
+        return self.advantage * self.weight * keep
 
 
 def group_ids(names: Sequence[str] | Sequence[int]) -> Tensor:

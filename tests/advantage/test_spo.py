@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tokencredit as tc
-from tokencredit.advantage.spo import spo_chain_values, spo_chain_values_for, spo_cutpoints
+from tokencredit.advantage.spo import spo_cutpoints
 from tokencredit.tasks import Example
+from tokencredit.train.values import monte_carlo_values
 
 P = torch.tensor([[0.5, 0.95, 0.3, 0.99, 0.2, 0.0], [0.95, 0.5, 0.95, 0.95, 0.0, 0.0]])
 MASK = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
@@ -31,13 +32,32 @@ def test_segment_advantages_hand_computed():
     value[0, 0], value[0, 2], value[0, 4] = 0.5, 0.25, 0.75  # V at the cuts of row 0
     value[1, 1] = 0.5
     adv = tc.get("advantage", "spo_chain")(batch(value), interval=1)
-    # row 0: segments [0,2) → V(2)−V(0), [2,4) → V(4)−V(2), [4,end) → R−V(4); prob mask zeroes p ≥ 0.9
-    expected0 = [0.25 - 0.5, 0.0, 0.75 - 0.25, 0.0, 1.0 - 0.75, 0.0]
-    # row 1: before the first cut → 0; [1,end) → R − V(1), masked where p ≥ 0.9
-    expected1 = [0.0, 0.0 - 0.5, 0.0, 0.0, 0.0, 0.0]
+    # row 0: segments [0,2) → V(2)−V(0), [2,4) → V(4)−V(2), [4,end) → R−V(4)
+    expected0 = [0.25 - 0.5, 0.25 - 0.5, 0.75 - 0.25, 0.75 - 0.25, 1.0 - 0.75, 0.0]
+    # row 1: before the first cut → 0; [1,end) → R − V(1)
+    expected1 = [0.0, 0.0 - 0.5, -0.5, -0.5, 0.0, 0.0]
     torch.testing.assert_close(adv, torch.tensor([expected0, expected1]))
-    unmasked = tc.get("advantage", "spo_chain")(batch(value), interval=1, prob_mask=False)
-    assert unmasked[0, 1] == -0.25 and unmasked[1, 2] == -0.5 and unmasked[1, 0] == 0
+    # the probability mask is a token-select stage: tokens with p ≥ 0.9 leave the loss
+    keep = tc.get("token_select", "low_probability")(batch(value), adv, threshold=0.9)
+    assert keep.tolist() == [[True, False, True, False, True, False], [False, True, False, False, False, False]]
+
+
+def test_spo_chain_averages_over_decision_tokens_only():
+    """SPO's trainer averages the loss over the tokens with π_old < 0.9: one response of 10 tokens, two of them
+    decision tokens (cuts at 3 and 7 with interval 1), reward 1, zero values. The segment [7, end) gets
+    1 − 0 = 1, so at ratio 1 the loss is −(0 + 1)/2 = −0.5. With the high-probability tokens left in the
+    token-mean normaliser (the old preset) it was −1/10."""
+    p = torch.full((1, 10), 0.95)
+    p[0, 3], p[0, 7] = 0.5, 0.5
+    r = tc.Rollouts(group=torch.tensor([0]), mask=torch.ones(1, 10, dtype=torch.bool), reward=torch.tensor([1.0]),
+                    logprob=p.log(), tokens=torch.arange(10)[None], value=torch.zeros(1, 10))
+    recipe = tc.recipe("spo_chain", advantage_params={"threshold": 0.9, "interval": 1})
+    credit = recipe.credit(r)
+    loss, stats = recipe.loss(r.logprob, r, credit)
+    torch.testing.assert_close(loss, torch.tensor(-0.5))
+    assert stats["tokens"] == 2
+    assert credit.loss_mask(r.mask).nonzero().tolist() == [[0, 3], [0, 7]]
+    assert credit.folded()[0].tolist() == [0.0] * 7 + [1.0, 0.0, 0.0]  # engines get the same tokens
 
 
 def test_no_cuts_gives_zero_and_missing_values_are_an_error():
@@ -55,13 +75,15 @@ def test_values_come_from_the_continuation_scorer_contract():
         return torch.tensor([[len(p) / 10] * k for p in prefixes])
 
     ex = [Example(prompt="a", answer="1"), Example(prompt="b", answer="2")]
-    r = spo_chain_values(scorer, ex, batch(), mc_samples=3, interval=1)
+    request = tc.recipe("spo_chain", advantage_params={"interval": 1, "mc_samples": 3}).needs().values
+    assert request.name == "monte_carlo" and request.params["samples"] == 3
+    value = monte_carlo_values(scorer, ex, batch(), **request.params)
     assert calls == [([[], [0, 1], [0, 1, 2, 3], [6]], 3)]  # the prefix *before* each cut token
-    assert r.value[0, 2] == 0.2 and r.value[1, 1] == 0.1 and r.value[0, 1] == 0
-    assert math.isclose(r.value[0, 4].item(), 0.4, rel_tol=1e-6)
+    assert value[0, 2] == 0.2 and value[1, 1] == 0.1 and value[0, 1] == 0
+    assert math.isclose(value[0, 4].item(), 0.4, rel_tol=1e-6)
 
 
-def test_values_for_a_recipe_read_its_value_parameters():
+def test_the_value_request_follows_the_recipe_parameters():
     calls = []
 
     def scorer(examples, prefixes, k):
@@ -69,11 +91,16 @@ def test_values_for_a_recipe_read_its_value_parameters():
         return torch.zeros(len(prefixes), k)
 
     ex = [Example(prompt="a", answer="1"), Example(prompt="b", answer="2")]
-    params = {"mc_samples": 2, "interval": 2, "max_cuts": 1, "threshold": 0.9, "prob_mask": False}
-    spo_chain_values_for(scorer, ex, batch(), params)  # prob_mask only shapes the advantage
+    params = {"mc_samples": 2, "interval": 2, "max_cuts": 1, "threshold": 0.9}
+    request = tc.recipe("spo_chain", advantage_params=params).needs().values
+    monte_carlo_values(scorer, ex, batch(), **request.params)
     assert calls == [([[], [6]], 2)]  # interval 2 and one cut a row: row 0 cuts at 0, row 1 at 1
-    spo_chain_values_for(scorer, ex, batch(), {**params, "threshold": 0.4, "max_cuts": 25})
+    request = tc.recipe("spo_chain", advantage_params={**params, "threshold": 0.4, "max_cuts": 25}).needs().values
+    monte_carlo_values(scorer, ex, batch(), **request.params)
     assert calls[-1] == ([[0, 1]], 2)  # p < 0.4: row 0's 2 and 4 (every 2nd: 2); none in row 1
+    # a schedule reaches the request at the progress it is asked at
+    scheduled = tc.recipe("spo_chain", advantage_params={"mc_samples": {"start": 4, "end": 8}})
+    assert scheduled.needs(0.5).values.params["samples"] == 6
 
 
 # ------------------------------------------------------------------------------------------------ SPO-tree
@@ -114,7 +141,22 @@ def test_tree_leaf_that_ended_early_and_probability_mask():
     v_a = 2 / 3  # the root has one child, A, with the same leaves: its edge gets 0
     torch.testing.assert_close(adv, torch.tensor([[0, 0, 1 - v_a, 1 - v_a], [0, 0, 1 - v_a, 0],
                                                   [0, 0, -v_a, -v_a]]))
-    assert torch.count_nonzero(spo_tree(tree_batch(prob=0.95))) == 0  # every token sampled with p ≥ 0.9
+    # the preset's probability mask: every token sampled with p ≥ 0.9 leaves the loss
+    high = replace(tree_batch(prob=0.95), budget=4)
+    preset = tc.recipe("spo_tree", advantage_params={"branching": [2, 2], "segment_tokens": 2})
+    assert not preset.credit(high).loss_mask(high.mask).any() and preset.credit(high).folded().eq(0).all()
+
+
+def test_spo_tree_loss_counts_responses_with_decision_tokens():
+    """The preset's constant normaliser (N · budget) counts the responses that have a token in the loss: a leaf
+    whose every token was sampled with p ≥ 0.9 leaves it, as in SPO's masked mean."""
+    r = replace(tree_batch(), budget=4)
+    r = replace(r, logprob=torch.where(torch.arange(4)[:, None] == 3, math.log(0.95), math.log(0.5)) * r.mask)
+    preset = tc.recipe("spo_tree", advantage_params={"branching": [2, 2], "segment_tokens": 2})
+    credit = preset.credit(r)
+    loss, _ = preset.loss(r.logprob, r, credit)
+    adv = spo_tree(r)  # dedup on; leaf 3's tokens are out of the loss
+    torch.testing.assert_close(loss, -adv[:3].sum() / (3 * 4))
 
 
 def test_depth_one_tree_is_a_plain_group():
@@ -124,7 +166,7 @@ def test_depth_one_tree_is_a_plain_group():
     reward = (torch.rand(12, generator=gen) > 0.5).float()
     lengths = torch.randint(1, 8, (12,), generator=gen).tolist()
     r = tree_batch(reward=reward.tolist(), tokens=tokens, lengths=lengths, group=group.tolist())
-    kw = {"branching": [5], "segment_tokens": 3, "prob_mask": False}
+    kw = {"branching": [5], "segment_tokens": 3}
     torch.testing.assert_close(spo_tree(r, mode="grpo", **kw), tc.get("advantage", "grpo")(r))
     torch.testing.assert_close(spo_tree(r, mode="rloo", **kw), tc.get("advantage", "dr_grpo")(r))
 
@@ -147,7 +189,7 @@ def test_tree_degenerate_and_bad_input():
         spo_tree(replace(tree_batch(), tokens=None))
 
 
-def spo_chain_loop(r, threshold, interval, max_cuts, prob_mask):
+def spo_chain_loop(r, threshold, interval, max_cuts):
     """SPO-chain by loops over rows and tokens, straight from the card."""
     b, t = r.mask.shape
     p = r.logprob.exp()
@@ -159,24 +201,22 @@ def spo_chain_loop(r, threshold, interval, max_cuts, prob_mask):
             end = cuts[j + 1] if j + 1 < len(cuts) else t
             after = r.value[i, cuts[j + 1]] if j + 1 < len(cuts) else r.reward[i]
             for s in range(c, end):
-                if r.mask[i, s] and (p[i, s] < threshold or not prob_mask):
+                if r.mask[i, s]:
                     out[i, s] = after - r.value[i, c]
     return out
 
 
 @settings(max_examples=80, deadline=None)
 @given(b=st.integers(1, 5), t=st.integers(0, 12), seed=st.integers(0, 2**16), fill=st.sampled_from([0.5, 0.9, 1.0]),
-       threshold=st.sampled_from([0.0, 0.3, 0.6, 0.9]), interval=st.integers(1, 3), max_cuts=st.integers(1, 4),
-       prob_mask=st.booleans())
-def test_spo_chain_matches_a_loop_over_tokens(b, t, seed, fill, threshold, interval, max_cuts, prob_mask):
+       threshold=st.sampled_from([0.0, 0.3, 0.6, 0.9]), interval=st.integers(1, 3), max_cuts=st.integers(1, 4))
+def test_spo_chain_matches_a_loop_over_tokens(b, t, seed, fill, threshold, interval, max_cuts):
     gen = torch.Generator().manual_seed(seed)
     r = tc.Rollouts(group=torch.zeros(b, dtype=torch.long), mask=torch.rand(b, t, generator=gen) < fill,
                     reward=torch.randint(0, 2, (b,), generator=gen).float(),
                     logprob=-2 * torch.rand(b, t, generator=gen),
                     value=torch.randint(0, 3, (b, t), generator=gen) / 3)  # ties: equal values give exact zeros
-    adv = tc.get("advantage", "spo_chain")(r, threshold=threshold, interval=interval, max_cuts=max_cuts,
-                                          prob_mask=prob_mask)
-    expected = spo_chain_loop(r, threshold, interval, max_cuts, prob_mask)
+    adv = tc.get("advantage", "spo_chain")(r, threshold=threshold, interval=interval, max_cuts=max_cuts)
+    expected = spo_chain_loop(r, threshold, interval, max_cuts)
     torch.testing.assert_close(adv, expected, rtol=0, atol=0)
     cuts = spo_cutpoints(r, threshold, interval, max_cuts)
     assert cuts.sum(-1).le(max_cuts).all() and not (cuts & ~r.mask).any()

@@ -33,7 +33,8 @@ def test_credit_concentration_rejects_a_bad_fraction():
 def _batch():
     # group 0: rewards 1, 0 (GRPO advantage ±1/√2); group 7: all 0 (zero variance: DAPO drops it)
     entropy = torch.tensor([[0.1, 0.2, 0.0], [0.3, 2.0, 0.1], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    return rollouts([1.0, 0.0, 0.0, 0.0], [0, 0, 7, 7], [2, 3, 1, 0], width=3, entropy=entropy)
+    return rollouts([1.0, 0.0, 0.0, 0.0], [0, 0, 7, 7], [2, 3, 1, 0], width=3, entropy=entropy, budget=8,
+                    truncated=torch.zeros(4, dtype=torch.bool))
 
 
 def _text():

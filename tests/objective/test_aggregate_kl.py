@@ -4,14 +4,14 @@ import pytest
 import torch
 
 import tokencredit as tc
-from tokencredit.objective.aggregate import aggregation_weight
+from tokencredit.objective.aggregate import aggregate, coefficients
 
 LOSS = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 5.0, 0.0, 0.0], [6.0, 0.0, 0.0, 0.0]])
 MASK = LOSS != 0
 
 
 def agg(name, **kw):
-    return tc.get("aggregate", name)(LOSS, MASK, **kw).item()
+    return aggregate(name, LOSS, MASK, **kw).item()
 
 
 def test_hand_computed_aggregations():
@@ -19,8 +19,8 @@ def test_hand_computed_aggregations():
         ("token_mean", ()): 21 / 6,
         ("seq_mean_token_mean", ()): (2 + 4.5 + 6) / 3,
         ("seq_mean_token_sum", ()): 21 / 3,
-        ("seq_mean_token_sum_norm", ()): 21 / (3 * 4),
-        ("seq_mean_token_sum_norm", (("norm", 10),)): 21 / 30,
+        ("seq_mean_token_sum_norm", (("budget", 4),)): 21 / (3 * 4),
+        ("seq_mean_token_sum_norm", (("budget", 10),)): 21 / 30,
         ("token_mean", (("num_tokens", 12),)): 21 / 12,
         ("seq_mean_token_mean", (("num_seqs", 6),)): (2 + 4.5 + 6) / 6,
     }
@@ -46,9 +46,9 @@ def test_balanced_equals_token_mean_for_equal_lengths_and_counts():
     mask = torch.ones(8, 5, dtype=torch.bool)
     adv = torch.tensor([1.0, -1.0] * 4)[:, None].expand(8, 5)
     group = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    balanced = tc.get("aggregate", "balanced")(loss, mask, advantage=adv, group=group)
-    torch.testing.assert_close(balanced, tc.get("aggregate", "token_mean")(loss, mask))
-    torch.testing.assert_close(balanced, tc.get("aggregate", "seq_mean_token_mean")(loss, mask))
+    balanced = aggregate("balanced", loss, mask, advantage=adv, group=group)
+    torch.testing.assert_close(balanced, aggregate("token_mean", loss, mask))
+    torch.testing.assert_close(balanced, aggregate("seq_mean_token_mean", loss, mask))
 
 
 @pytest.mark.parametrize("name", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
@@ -62,15 +62,40 @@ def test_micro_batches_reproduce_the_full_batch_gradient(name, parts):
     group = torch.tensor([0, 1, 0, 1, 2, 2, 3, 3])
     base = torch.randn(b, t)
     full = base.clone().requires_grad_(True)
-    tc.get("aggregate", name)(full, mask, advantage=adv, group=group).backward()
-    seq_weight = aggregation_weight(name, mask, advantage=adv, group=group)
+    aggregate(name, full, mask, advantage=adv, group=group, budget=t).backward()
+    coef = coefficients(name, mask, advantage=adv, group=group, budget=t)
     split = base.clone().requires_grad_(True)
-    total = sum(
-        tc.get("aggregate", name)(split[rows], mask[rows], seq_weight=seq_weight[rows])
-        for rows in torch.arange(b).chunk(parts)
-    )
+    total = sum(aggregate(name, split[rows], mask[rows], coef=coef[rows]) for rows in torch.arange(b).chunk(parts))
     total.backward()
     torch.testing.assert_close(split.grad, full.grad)
+
+
+def test_dr_grpo_normaliser_is_the_budget_not_the_padded_width():
+    """Dr.GRPO's constant is the generation budget: padding a batch wider (the trainer pads each step to its
+    longest response) must not change its loss. The old default, the tensor width, made it 21/12 vs 21/24."""
+    wide_loss = torch.nn.functional.pad(LOSS, (0, 4))
+    wide_mask = torch.nn.functional.pad(MASK, (0, 4))
+    narrow = aggregate("seq_mean_token_sum_norm", LOSS, MASK, budget=48)
+    torch.testing.assert_close(aggregate("seq_mean_token_sum_norm", wide_loss, wide_mask, budget=48), narrow)
+    with pytest.raises(ValueError, match="budget"):
+        aggregate("seq_mean_token_sum_norm", LOSS, MASK)
+
+
+def test_recipes_resolve_aggregations_through_the_registry():
+    """`Recipe` coefficients come from the registered function: a newly registered aggregation just works."""
+    from tokencredit.registry import register, unregister
+
+    register("aggregate", "test_first_response_only")(lambda mask: (torch.arange(mask.shape[0]) == 0).float())
+    try:
+        recipe = tc.recipe("grpo", agg="test_first_response_only")
+        rollouts = tc.Rollouts(group=torch.tensor([0, 0, 0]), mask=MASK, reward=torch.tensor([1.0, 0.0, 0.0]),
+                               logprob=torch.zeros(3, 4))
+        credit = recipe.credit(rollouts)
+        assert recipe.coefficients(rollouts, credit).tolist() == [1.0, 0.0, 0.0]
+        loss, _ = recipe.loss(torch.zeros(3, 4), rollouts, credit)
+        torch.testing.assert_close(loss, -credit.advantage[0, :3].sum())
+    finally:
+        unregister("aggregate", "test_first_response_only")
 
 
 def test_kl_estimators_hand_computed():

@@ -4,16 +4,21 @@ import random
 import pytest
 import torch
 
-from tokencredit import recipe
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.rollouts import Rollouts
 from tokencredit.sampling.hf import TransformersSampler, policy_logprob
 from tokencredit.tasks import BUILTIN_TASKS, Example, Task
 from tokencredit.train import Trainer, train
-from tokencredit.train.critic import critic_values, explained_variance, load_critic, value_target
-from tokencredit.train.trainer import accumulate_value_gradient, make_rollouts, per_token_in_micro_batches
+from tokencredit.train.critic import (
+    TARGET,
+    accumulate_value_gradient,
+    critic_values,
+    explained_variance,
+    load_critic,
+    tvm_value_target,
+)
 from tokencredit.tree import tvm_labels
-from train.test_trainer import TIMING_KEYS, TINY, tiny_config
+from train.test_trainer import TIMING_KEYS, TINY, as_batch, tiny_config
 
 VALUE_KEYS = ("value_loss", "value_mean", "explained_variance", "value_grad_norm")
 
@@ -68,7 +73,7 @@ def test_tvm_target_is_the_label_of_the_state_before_each_token():
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 1]], dtype=torch.bool)
     rollouts = Rollouts(group=torch.tensor([0, 1, 0, 1, 0, 1]), mask=mask,
                         reward=torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), tokens=tokens)
-    target = value_target(rollouts, recipe("ppo"), "tvm")
+    target = tvm_value_target(rollouts)
     expected = torch.tensor([
         [2 / 3, 2 / 3, 1 / 2],  # before "1": the group; before "2": all three share "1"; before "3": "1 2" (1, 0)
         [2 / 3, 1 / 2, 0.0],  # before "8": "7" is shared with the response that stops there
@@ -90,7 +95,7 @@ def batch(tiny_path):
     sampler = TransformersSampler(model, tokenizer, temperature=1.0, max_new_tokens=10)
     samples = sampler.sample(["1+2=", "33+4+5=", "7=", "12+1="] * 2)  # prompts of different lengths: left padding
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
-    return samples, make_rollouts(samples, rewards, torch.tensor([0, 1, 2, 3] * 2), None)
+    return samples, as_batch(samples, rewards, torch.tensor([0, 1, 2, 3] * 2))
 
 
 def _random_head(critic):
@@ -133,7 +138,7 @@ def test_no_grad_passes_in_micro_batches_equal_one_pass(tiny_path, batch, micro_
     inputs = (samples.prompt_ids, samples.prompt_mask, samples.response_ids)
     mask = samples.response_mask
     for fn in (lambda *x: critic_values(critic, *x), lambda *x: policy_logprob(policy, *x, 0.7)[0]):
-        chunked = per_token_in_micro_batches(fn, samples, micro_batch_size)
+        chunked = batch[1].per_token(lambda micro, fn=fn: fn(*micro.model_inputs()), micro_batch_size)
         assert chunked.shape == mask.shape and not chunked.requires_grad
         torch.testing.assert_close(chunked[mask], fn(*inputs)[mask].detach(), atol=1e-5, rtol=1e-5)
 
@@ -152,14 +157,15 @@ def test_critic_starts_at_zero_and_loads_gpt2_bodies(tiny_path, tmp_path):
 
 
 def test_value_loss_decreases_and_micro_batches_give_the_minibatch_gradient(tiny_path, batch):
-    samples, rollouts = batch
+    samples, full = batch
     critic = load_critic(tiny_path)
-    target = value_target(rollouts, recipe("ppo"), "tvm")
+    target = tvm_value_target(full.rollouts)
+    full = full.with_inputs(**{TARGET: target})
     rows = torch.arange(len(target))
     grads = []
     for micro in (8, 3, 1):
         critic.zero_grad()
-        accumulate_value_gradient(critic, samples, target, rows, micro)
+        accumulate_value_gradient(critic, full, rows, micro)
         grads.append(torch.cat([p.grad.flatten() for p in critic.parameters() if p.grad is not None]))
     for g in grads[1:]:
         torch.testing.assert_close(g, grads[0], atol=1e-6, rtol=1e-4)
@@ -167,7 +173,7 @@ def test_value_loss_decreases_and_micro_batches_give_the_minibatch_gradient(tiny
     optimizer = torch.optim.AdamW(critic.parameters(), lr=1e-3)
     losses = []
     for _ in range(30):
-        losses.append(accumulate_value_gradient(critic, samples, target, rows, 4))
+        losses.append(accumulate_value_gradient(critic, full, rows, 4))
         optimizer.step()
         optimizer.zero_grad()
     assert losses[-1] < 0.5 * losses[0]
@@ -190,7 +196,7 @@ def test_ppo_trains_with_a_critic(tmp_path, first_alnum, target):
 def test_critic_settings_are_ignored_without_gae(tmp_path):
     trainer = Trainer(tiny_config(tmp_path / "run", "sft.steps=0", "rl.steps=1", "critic.target=tvm"))
     trainer.run()
-    assert trainer.critic is None
+    assert trainer.providers.values is None
     assert not any(key in r for r in _rl_records(tmp_path / "run" / "metrics.jsonl") for key in VALUE_KEYS)
 
 

@@ -6,8 +6,10 @@ import torch
 from tokencredit import recipe
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.sampling.hf import TransformersSampler, policy_logprob
+from tokencredit.tasks import Example
 from tokencredit.train import Trainer, load_config, train
-from tokencredit.train.trainer import accumulate_policy_gradient, make_rollouts
+from tokencredit.train.batch import Batch
+from tokencredit.train.trainer import accumulate_policy_gradient
 
 TINY = {"hidden_size": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
 TIMING_KEYS = {"sampled_tokens_per_s", "trained_tokens_per_s"}
@@ -35,6 +37,12 @@ def sample(model, tokenizer, temperature=0.7, n=8, max_new_tokens=10):
     return sampler.sample(["1+2=", "33+4+5="] * (n // 2))
 
 
+def as_batch(samples, rewards, group, budget=10):
+    """The trainer's batch of `samples` (one dummy example per row)."""
+    examples = [Example(prompt="", answer="") for _ in range(len(rewards))]
+    return Batch.from_samples(samples, rewards, group, examples, budget=budget)
+
+
 @pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
 def test_first_epoch_ratio_is_one(tiny_model, temperature):
     model, tokenizer = tiny_model
@@ -49,15 +57,15 @@ def test_micro_batches_give_the_minibatch_gradient(tiny_model):
     model, tokenizer = tiny_model
     s = sample(model, tokenizer, n=8)
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
-    rollouts = make_rollouts(s, rewards, torch.tensor([0, 1] * 4), None)
+    batch = as_batch(s, rewards, torch.tensor([0, 1] * 4))
     for name in ("grpo", "ba", "dr_grpo", "dapo"):
         rcp = recipe(name)
-        credit = rcp.credit(rollouts)
+        credit = rcp.credit(batch.rollouts)
         rows = torch.arange(8)
         grads = []
         for micro in (8, 3, 1):
             model.zero_grad()
-            accumulate_policy_gradient(model, rcp, s, rollouts, credit, rows, micro, 0.7)
+            accumulate_policy_gradient(model, rcp, batch, credit, rows, micro, 0.7)
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
         for g in grads[1:]:
             torch.testing.assert_close(g, grads[0], atol=1e-6, rtol=1e-4)
@@ -69,12 +77,12 @@ def test_degenerate_groups_train_without_nan(tiny_model):
     s = sample(model, tokenizer, n=8, max_new_tokens=2)  # most responses hit the token limit
     assert s.truncated.any()
     s.response_mask[0] = False  # an empty response
-    rollouts = make_rollouts(s, torch.zeros(8), torch.tensor([0, 0, 0, 0, 1, 1, 2, 3]), None)
+    batch = as_batch(s, torch.zeros(8), torch.tensor([0, 0, 0, 0, 1, 1, 2, 3]))
     for name in ("grpo", "dapo", "ba", "gspo", "nsr", "rloo", "reinforce_pp"):
         rcp = recipe(name)
-        credit = rcp.credit(rollouts)
+        credit = rcp.credit(batch.rollouts)
         model.zero_grad()
-        stats = accumulate_policy_gradient(model, rcp, s, rollouts, credit, torch.arange(8), 3, 0.7)
+        stats = accumulate_policy_gradient(model, rcp, batch, credit, torch.arange(8), 3, 0.7)
         assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.zero_grad()

@@ -31,10 +31,11 @@ def test_forking_rejects_bad_fraction():
 def test_dropped_responses_do_not_count_in_the_quantile():
     # group 1 is all-equal (dynamic_filter drops it) and holds the batch's highest entropies
     entropy = torch.tensor([[0.1, 0.4], [0.3, 0.2], [5.0, 6.0], [7.0, 8.0]])
-    r = rollouts([1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [2, 2, 2, 2], entropy=entropy)
+    r = rollouts([1.0, 0.0, 1.0, 1.0], [0, 0, 1, 1], [2, 2, 2, 2], entropy=entropy, budget=8,
+                 truncated=torch.zeros(4, dtype=torch.bool))
     adv = tc.get("advantage", "grpo")(r)
     keep = torch.tensor([True, True, False, False])
-    w = tc.get("weight", "forking_tokens")(r, adv, top=0.25, keep=keep)  # 4 kept tokens → the top 1: 0.4
+    w = tc.get("weight", "forking_tokens")(r, adv, top=0.25, keep=r.mask & keep[:, None])  # 4 kept: the top 1, 0.4
     assert w[:2].tolist() == [[0, 1], [0, 0]]
     # the recipe hands the select stage's keep to the weight stage; without it the top 25% of all 8 tokens
     # (7.0, 8.0) would lie in the dropped group and the kept responses would get no gradient at all
@@ -51,7 +52,7 @@ def test_d3s_tokens_rank_advantage_times_entropy_over_kept_responses():
     # scores |A|·H: 0.1 0.5 0.2 | 0.6 0.2 → the top 2 of 5 tokens: 0.6 and 0.5
     assert d3s(r, adv, top=0.4).tolist() == [[0, 1, 0], [1, 0, 0]]
     # response 1 dropped: the top 1 of response 0's 3 tokens is 0.5 (response 1's weights are not used)
-    assert d3s(r, adv, top=0.4, keep=torch.tensor([True, False]))[0].tolist() == [0, 1, 0]
+    assert d3s(r, adv, top=0.4, keep=r.mask & torch.tensor([[True], [False]]))[0].tolist() == [0, 1, 0]
     torch.testing.assert_close(d3s(r, adv, top=1.0), r.mask.float())
     with pytest.raises(ValueError, match=r"Rollouts\.entropy"):
         d3s(rollouts([1.0], [0], [1]), torch.zeros(1, 1))
@@ -66,7 +67,18 @@ def test_d3s_tokens_score_is_advantage_times_entropy_and_counts_kept_tokens_only
     assert d3s(r, adv, top=0.5).tolist() == [[0, 1], [1, 0]]  # 2 of 4 tokens
     # 3 of all 4 tokens (0.6 0.45 0.4) leave 0.05 out; 2 of response 1's 2 tokens (when only it is kept) do not
     assert d3s(r, adv, top=0.75)[1].tolist() == [1, 0]
-    assert d3s(r, adv, top=0.75, keep=torch.tensor([False, True]))[1].tolist() == [1, 1]
+    assert d3s(r, adv, top=0.75, keep=r.mask & torch.tensor([[False], [True]]))[1].tolist() == [1, 1]
+
+
+def test_tokens_out_of_the_loss_do_not_count_in_the_quantile():
+    """`keep [B,T]` is per token: a token the token-select stage dropped is not ranked (the top 1 of the 3 kept
+    tokens of response 0 is 0.4, although 0.9 is the larger entropy)."""
+    entropy = torch.tensor([[0.9, 0.4, 0.1, 0.2]])
+    r = rollouts([1.0], [0], [4], entropy=entropy)
+    keep = torch.tensor([[False, True, True, True]])
+    w = tc.get("weight", "forking_tokens")(r, torch.zeros(1, 4), top=0.34, keep=keep)
+    assert (w * keep).tolist() == [[0, 1, 0, 0]]  # token 0 is not in the loss: its weight is never used
+
 
 
 # ------------------------------------------------------------------------------------------------ exactness
@@ -147,10 +159,10 @@ def test_top_fraction_mask_is_the_topk_threshold_selection(path, case):
 
 
 @settings(max_examples=40, deadline=None)
-@given(case=_selection_case(), d3s=st.booleans())
-def test_forking_and_d3s_give_todays_weights(case, d3s):
-    """The registered stages with `keep [B]`: the quantile over the kept responses' tokens, the output on the
-    whole mask (dropped responses included), as before."""
+@given(case=_selection_case(), d3s=st.booleans(), seed=st.integers(0, 2**16))
+def test_forking_and_d3s_give_the_topk_weights(case, d3s, seed):
+    """The registered stages with `keep [B,T]` (kept responses, and tokens dropped within them): the quantile
+    over the mask's tokens in the loss, the output on the whole mask, as the `topk` selection gave."""
     score, mask, keep, top = case
     score = score.float().abs() if d3s else score.float()
     rows, width = mask.shape
@@ -158,8 +170,9 @@ def test_forking_and_d3s_give_todays_weights(case, d3s):
                     entropy=score)
     advantage = torch.ones(rows, width)
     name = "d3s_tokens" if d3s else "forking_tokens"
-    for kept in (None, keep):
-        ranked = mask if kept is None else mask & kept[:, None]
+    tokens = torch.rand(rows, width, generator=torch.Generator().manual_seed(seed)) < 0.8
+    for kept in (None, mask & keep[:, None], keep[:, None] & tokens):
+        ranked = mask if kept is None else mask & kept
         expected = _topk_reference(score, ranked, top, mask)
         assert torch.equal(tc.get("weight", name)(r, advantage, top=top, keep=kept), expected)
 

@@ -40,11 +40,12 @@ def test_exponential_weights_by_hand():
     torch.testing.assert_close(w, torch.tensor(expected))
     assert w[0, 1].item() == pytest.approx(0.8) and w[1, 1] == 1.0
     # response 0 dropped: the largest kept |Ω| is response 1's first token, which now gets w_min
-    assert steer(_batch(), torch.tensor(A), keep=torch.tensor([False, True]))[1, 0].item() == pytest.approx(0.8)
+    kept = _batch().mask & torch.tensor([[False], [True]])
+    assert steer(_batch(), torch.tensor(A), keep=kept)[1, 0].item() == pytest.approx(0.8)
     # every |Ω| below 0.02: k uses 0.02, so no token is pushed down to w_min
     small = steer(_batch(), torch.tensor(A) * 1e-3)
     assert small[0, 1].item() == pytest.approx(math.exp(math.log(0.8) * abs(_omega(0, 1)) * 1e-3 / 0.02))
-    nothing_kept = steer(_batch(), torch.tensor(A), keep=torch.tensor([False, False]))
+    nothing_kept = steer(_batch(), torch.tensor(A), keep=torch.zeros_like(_batch().mask))
     torch.testing.assert_close(nothing_kept, _batch().mask.float())
 
 
@@ -93,7 +94,7 @@ def test_bad_parameters_name_the_field(kwargs, message):
 def _steer_reference(r, advantage, w_min=0.8, w_max=1.0, mode="exp", keep=None):
     p = r.logprob.float().exp().clamp(1e-8, 1.0 - 1e-8)
     omega = torch.where(r.mask, advantage.float() * (1.0 - p) * (p.log() + r.entropy.float()), 0.0).abs()
-    candidates = omega[r.mask if keep is None else r.mask & keep[:, None]]
+    candidates = omega[r.mask if keep is None else r.mask & keep]
     if candidates.numel() == 0:
         return r.mask.float()
     largest = candidates.max()
@@ -131,8 +132,8 @@ def _steer_case(draw):
     mask = torch.tensor(draw(st.lists(st.booleans(), min_size=size, max_size=size)), dtype=torch.bool)
     r = tc.Rollouts(group=torch.zeros(rows, dtype=torch.long), mask=mask.reshape(rows, width),
                     reward=torch.zeros(rows), logprob=logprob, entropy=entropy)
-    keep = draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=rows, max_size=rows).map(
-        lambda k: torch.tensor(k, dtype=torch.bool))))
+    keep = draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=size, max_size=size).map(
+        lambda k: torch.tensor(k, dtype=torch.bool).reshape(rows, width))))  # the tokens in the loss
     mode = draw(st.sampled_from(MODES))
     w_min = draw(st.sampled_from([0.8, 0.5, 1.0, 0.01]))
     w_max = 1.0 if mode == "exp" else draw(st.sampled_from([w_min, 1.0, 1.2]))

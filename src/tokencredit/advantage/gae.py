@@ -6,11 +6,14 @@ PPO for LLMs as in verl's `compute_gae_advantage_return`.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
 from tokencredit.discount import discounted_reverse_cumsum
 from tokencredit.masked import masked_whiten_, zero_outside
+from tokencredit.needs import Needs, Request
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.shape.outcome import add_outcome_
@@ -28,7 +31,18 @@ def gae_advantage_and_return(rollouts: Rollouts, gamma: float = 1.0, lam: float 
     return advantage, value.add_(advantage)
 
 
-@register("advantage", "gae")
+def gae_returns(rollouts: Rollouts, gamma: float = 1.0, lam: float = 0.95) -> Tensor:
+    """The value targets `A_t + V(s_t)` `[B,T]` of `gae_advantage_and_return` (the returns a critic fits)."""
+    return gae_advantage_and_return(rollouts, gamma, lam)[1]
+
+
+def _critic(gamma: float = 1.0, lam: float = 0.95, **_) -> Needs:
+    """GAE needs V(s_t) from a learned critic; `returns` gives the critic its regression targets with the same
+    γ and λ (applied to the shaped rollouts with the values filled in)."""
+    return Needs(values=Request("critic", returns=partial(gae_returns, gamma=gamma, lam=lam)))
+
+
+@register("advantage", "gae", needs=_critic)
 def gae(rollouts: Rollouts, gamma: float = 1.0, lam: float = 0.95, whiten: bool = True) -> Tensor:
     """GAE advantages `A_t = Σ_{k≥t} (γλ)^{k−t} (r_k + γV_{k+1} − V_k)`, optionally whitened over the batch's
     response tokens (verl whitens by default). Reads `rollouts.value`."""

@@ -7,58 +7,46 @@ SPO-chain (one response per prompt, values from extra continuations):
 
     cut points   positions c with π_old(o_c) < τ (τ = 0.9), every k-th of them (k = `interval`, the first one
                  kept), at most `max_cuts` per response; the state of a cut is the prefix *before* o_c
-    values       V(c) = mean reward of N completions sampled from that prefix (`spo_chain_values`);
-                 the terminal value is the response's own reward
+    values       V(c) = mean reward of N completions sampled from that prefix; the terminal value is the
+                 response's own reward
     advantage    a token in the segment [c_j, c_{j+1}) gets V(c_{j+1}) − V(c_j); tokens before the first cut
                  get 0 unless the first cut is position 0 (the prompt state)
-    prob mask    tokens with π_old(o_t) ≥ τ get 0 (only "decision" tokens are trained)
+    prob mask    tokens with π_old(o_t) ≥ τ leave the loss and its normaliser (the `low_probability`
+                 token-select stage of the presets): only "decision" tokens are trained
 
-The values come from extra generation, so they are computed outside the pure advantage function: the trainer
-(or any caller) fills `Rollouts.value` with `spo_chain_values(...)` (V at the cut positions, 0 elsewhere) and
-the `spo_chain` advantage reads them.
+The values come from extra generation, so the advantage stays a pure function: it declares a Monte-Carlo value
+request at its cut points (`needs`), and whoever calls it (the reference trainer's `monte_carlo` value
+provider, `inspect`, a plug-in) fills `Rollouts.value` with V at the cut positions (0 elsewhere).
 
-SPO-tree (a deliberately sampled tree per prompt, `tokencredit.sampling.sample_segment_tree`): every leaf is a
-row of the batch, and the node values are the leaf means of the group's prefix tree (`tokencredit.tree`), so
-`spo_tree` is a pure function of the leaves' tokens and rewards.
+SPO-tree (a deliberately sampled tree per prompt): the advantage declares a `segment_tree` rollout request, every
+leaf is a row of the batch, and the node values are the leaf means of the group's prefix tree
+(`tokencredit.tree`), so `spo_tree` is a pure function of the leaves' tokens and rewards.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from tokencredit.groups import group_stats
 from tokencredit.masked import zero_outside
+from tokencredit.needs import Needs, Request
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
+from tokencredit.select.low_probability import low_probability_tokens
 from tokencredit.tree import prefix_node_ids, prefix_tree, require_tokens
-
-if TYPE_CHECKING:  # generation backends stay out of `import tokencredit`
-    from tokencredit.sampling.continuation import ContinuationScorer
-    from tokencredit.tasks import Example
 
 
 def spo_cutpoints(rollouts: Rollouts, threshold: float = 0.9, interval: int = 5, max_cuts: int = 25) -> Tensor:
     """Cut positions `[B,T]` bool: low-probability tokens (`exp(logprob) < threshold`), every `interval`-th one
     starting with the first, at most `max_cuts` per response."""
-    rows, cols = _cut_positions(_low_probability(rollouts, threshold), interval, max_cuts)
+    rows, cols = _cut_positions(low_probability_tokens(rollouts, threshold, "SPO cut points"), interval, max_cuts)
     cuts = torch.zeros(rollouts.mask.shape, dtype=torch.bool, device=rollouts.mask.device)
     cuts[rows, cols] = True
     return cuts
-
-
-def _low_probability(rollouts: Rollouts, threshold: float) -> Tensor:
-    """`mask & (π_old(o_t) < threshold)` `[B,T]`, compared in log space (no `exp` pass)."""
-    if rollouts.logprob is None:
-        raise ValueError("Rollouts.logprob: SPO needs behaviour log-probs [B,T] for its cut points and probability "
-                         "mask; got None (spo_tree without them: prob_mask=False)")
-    log_threshold = math.log(threshold) if threshold > 0 else -math.inf
-    return rollouts.mask & (rollouts.logprob < log_threshold)
 
 
 def _cut_positions(candidate: Tensor, interval: int, max_cuts: int) -> tuple[Tensor, Tensor]:
@@ -81,58 +69,31 @@ def _rank_in_row(rows: Tensor, num_rows: int) -> Tensor:
     return torch.arange(len(rows), device=rows.device) - (per_row.cumsum(0) - per_row)[rows]
 
 
-def spo_chain_values(
-    scorer: ContinuationScorer,
-    examples: Sequence[Example],
-    rollouts: Rollouts,
-    mc_samples: int = 9,
-    threshold: float = 0.9,
-    interval: int = 5,
-    max_cuts: int = 25,
-) -> Rollouts:
-    """`rollouts` with `value` holding V(c) = mean reward of `mc_samples` completions of the prefix before each
-    cut point (0 elsewhere). `examples[i]` is response i's prompt. One batched call to `scorer`."""
-    if rollouts.tokens is None:
-        raise ValueError("Rollouts.tokens: SPO values need the response token ids [B,T]; got None")
-    rows, cols = _cut_positions(_low_probability(rollouts, threshold), interval, max_cuts)
-    tokens = rollouts.tokens.tolist()
-    prefixes = [tokens[r][:c] for r, c in zip(rows.tolist(), cols.tolist())]
-    value = torch.zeros(rollouts.mask.shape, dtype=torch.float32, device=rollouts.mask.device)
-    if prefixes:
-        rewards = scorer([examples[r] for r in rows.tolist()], prefixes, mc_samples)
-        value[rows, cols] = rewards.mean(-1).to(value.device)
-    return replace(rollouts, value=value)
+def _monte_carlo_values(
+    threshold: float = 0.9, interval: int = 5, max_cuts: int = 25, mc_samples: int = 9, **_
+) -> Needs:
+    """SPO-chain needs token ids, behaviour log-probs and V at its cut points: the mean reward of `mc_samples`
+    continuations sampled from the state before each cut."""
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples: expected >= 1 continuations per cut point, got {mc_samples}")
+    at = partial(spo_cutpoints, threshold=threshold, interval=interval, max_cuts=max_cuts)
+    return Needs(inputs={"tokens", "logprob"}, values=Request("monte_carlo", at=at, samples=mc_samples))
 
 
-def spo_chain_values_for(
-    scorer: ContinuationScorer, examples: Sequence[Example], rollouts: Rollouts, advantage_params: Mapping[str, Any]
-) -> Rollouts:
-    """`spo_chain_values` with the value-estimation entries of an `spo_chain` recipe's advantage parameters
-    (`mc_samples`, `threshold`, `interval`, `max_cuts`; the others only shape the advantage)."""
-    keys = ("mc_samples", "threshold", "interval", "max_cuts")
-    return spo_chain_values(scorer, examples, rollouts, **{k: v for k, v in advantage_params.items() if k in keys})
-
-
-@register("advantage", "spo_chain")
-def spo_chain(
-    rollouts: Rollouts,
-    threshold: float = 0.9,
-    interval: int = 5,
-    max_cuts: int = 25,
-    mc_samples: int = 9,
-    prob_mask: bool = True,
-) -> Tensor:
+@register("advantage", "spo_chain", needs=_monte_carlo_values)
+def spo_chain(rollouts: Rollouts, threshold: float = 0.9, interval: int = 5, max_cuts: int = 25) -> Tensor:
     """SPO-chain segment advantages `A_t = V(next boundary) − V(segment start)`, reading the cut values from
-    `rollouts.value` (fill them with `spo_chain_values`; `mc_samples` is the N it uses). Terminal value =
-    the response's reward. `prob_mask=False` keeps high-probability tokens."""
+    `rollouts.value` (V of the state before each cut; a recipe's caller fills them, `mc_samples` continuations
+    per cut point, as the stage's needs declare). Terminal value = the response's reward. Every token gets its
+    segment's advantage; the presets drop tokens with π_old ≥ τ from the loss (`low_probability`)."""
     if rollouts.value is None:
         raise ValueError("Rollouts.value: advantage 'spo_chain' needs Monte-Carlo values at the cut points "
-                         "(fill them with tokencredit.advantage.spo.spo_chain_values); got None")
-    low_probability = _low_probability(rollouts, threshold)
+                         "(spo_cutpoints; see the stage's needs); got None")
+    low_probability = low_probability_tokens(rollouts, threshold, "advantage 'spo_chain'")
     rows, cols = _cut_positions(low_probability, interval, max_cuts)
     cut_value = rollouts.value[rows, cols].float()
     advantage = segment_advantage(rows, cols, cut_value, rollouts.sequence_reward(), rollouts.mask.shape)
-    return zero_outside(advantage, low_probability if prob_mask else rollouts.mask, out=advantage)
+    return zero_outside(advantage, rollouts.mask, out=advantage)
 
 
 def segment_advantage(rows: Tensor, cols: Tensor, cut_value: Tensor, terminal: Tensor,
@@ -171,14 +132,20 @@ SPO_TREE_BRANCHING = (6, 6, 6)  # the paper's tree: depth 3, six children per no
 SPO_TREE_SEGMENT_TOKENS = 30  # its GSM8K segment length
 
 
-@register("advantage", "spo_tree")
+def _segment_tree(
+    branching: Sequence[int] = SPO_TREE_BRANCHING, segment_tokens: int = SPO_TREE_SEGMENT_TOKENS, **_
+) -> Needs:
+    """SPO-tree needs its responses sampled as the leaves of one segment tree per prompt, and their token ids."""
+    return Needs(inputs={"tokens"},
+                 rollout=Request("segment_tree", branching=tuple(branching), segment_tokens=segment_tokens))
+
+
+@register("advantage", "spo_tree", needs=_segment_tree)
 def spo_tree(
     rollouts: Rollouts,
     branching: Sequence[int] = SPO_TREE_BRANCHING,
     segment_tokens: int = SPO_TREE_SEGMENT_TOKENS,
     mode: str = "rloo",
-    threshold: float = 0.9,
-    prob_mask: bool = True,
     dedup: bool = True,
     eps: float = 1e-6,
 ) -> Tensor:
@@ -203,7 +170,7 @@ def spo_tree(
       carries the edge's advantage, the others get 0, so every edge is trained once as in SPO's episodes.
       Pair it with a constant-normaliser aggregation (`seq_mean_token_sum_norm`, the preset's choice) so the
       zeroed copies do not rescale the loss.
-    * `prob_mask=True` (inherited from SPO-chain): tokens with `π_old(o_t) ≥ threshold` get 0.
+    * The probability mask inherited from SPO-chain is the presets' `low_probability` token-select stage.
     * Depth 1 (`branching=(G,)`) is a plain group of G samples: mode "grpo" equals the `grpo` advantage and
       mode "rloo" the `dr_grpo` advantage (mean baseline), when the G responses are distinct.
     """
@@ -243,8 +210,7 @@ def spo_tree(
         owner.scatter_reduce_(0, child[known], rows[known], "amin")
         edge = torch.where(~known | (owner[child.clamp(min=0)] == rows), edge, 0.0)
     segment = (torch.arange(t, device=mask.device) // segment_tokens).clamp(max=depth - 1)
-    trained = _low_probability(rollouts, threshold) if prob_mask else mask
-    return zero_outside(edge.gather(1, segment.expand(b, t)), trained)
+    return zero_outside(edge.gather(1, segment.expand(b, t)), mask)
 
 
 def _children_std(parent: Tensor, child: Tensor, child_value: Tensor, present: Tensor) -> Tensor:

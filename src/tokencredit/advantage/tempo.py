@@ -11,12 +11,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from tokencredit.advantage.group import broadcast, grpo_sequence_advantage
+from tokencredit.needs import Needs
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.tree import prefix_delta, require_tokens
 
 
-@register("advantage", "tempo")
+@register("advantage", "tempo", needs=Needs(inputs={"tokens"}))
 def tempo(rollouts: Rollouts, lam: float = 1.0, eps: float = 1e-6) -> Tensor:
     """TEMPO advantage `[B,T]` float32 (0 outside mask):
 

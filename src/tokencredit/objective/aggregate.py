@@ -1,25 +1,27 @@
-"""Loss aggregation: per-token loss `[B,T]` + mask → scalar.
+"""Loss aggregation: one coefficient per response, one reduction.
 
-Every mode is a weighted sum `L = Σ_i c_i Σ_t m_{i,t} ℓ_{i,t}` with one coefficient `c_i` per response, so a
-batch split into micro-batches gives exactly the full batch's loss and gradient when each micro-batch uses
-the coefficients of the whole batch: pass the whole batch's normaliser (`num_tokens=`, `num_seqs=`) or its
-precomputed coefficients (`seq_weight=`, from `aggregation_weight`). Computing a token mean per micro-batch
-(or per rank) instead is the bug this design rules out.
+Every mode is `L = Σ_i c_i Σ_t m_{i,t} ℓ_{i,t}` with one coefficient `c_i` per response, so the registered
+`aggregate` stage functions return the coefficients `c [B]` of a whole batch, and `weighted_token_sum` is the
+one reduction. A batch split into micro-batches (or ranks) gives exactly the full batch's loss and gradient
+when each part uses its slice of the whole batch's coefficients (`coef=`); computing a token mean per
+micro-batch instead is the bug this design rules out. The normalisers can also be given whole
+(`num_tokens=`, `num_seqs=`).
 
-`advantage` and `group` are read by `balanced` only; the other modes accept and ignore them so that every
-mode has one signature.
+    fn(mask [B,T], *, <context it reads>, **params) -> c [B]
+
+The context a recipe offers is `advantage` [B,T], `group` [B] and `budget` (the generation budget); each mode
+names in its signature what it reads.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from tokencredit.groups import group_index, group_sum
 from tokencredit.masked import masked_sum, token_count
-from tokencredit.registry import register
+from tokencredit.needs import Needs
+from tokencredit.registry import accepted, get, register
 
 Count = int | float | Tensor | None
 
@@ -34,14 +36,16 @@ def _num_seqs(lengths: Tensor, num_seqs: Count) -> Tensor:
     return _count(lengths.gt(0).sum(), num_seqs)
 
 
-def token_mean_weight(mask: Tensor, *, num_tokens: Count = None, **_unused) -> Tensor:
+@register("aggregate", "token_mean")
+def token_mean(mask: Tensor, *, num_tokens: Count = None) -> Tensor:
     """token_mean (DAPO): `L = Σ_{i,t} ℓ_{i,t} / Σ_i |o_i|`, i.e. `c_i = 1/N_tokens`.
 
     Source: "DAPO: An Open-Source LLM Reinforcement Learning System at Scale" (Yu et al., 2025)."""
     return _count(token_count(mask), num_tokens).expand(mask.shape[0]) ** -1
 
 
-def seq_mean_token_mean_weight(mask: Tensor, *, num_seqs: Count = None, **_unused) -> Tensor:
+@register("aggregate", "seq_mean_token_mean")
+def seq_mean_token_mean(mask: Tensor, *, num_seqs: Count = None) -> Tensor:
     """seq_mean_token_mean (GRPO): `L = (1/N) Σ_i (1/|o_i|) Σ_t ℓ_{i,t}`, `c_i = 1/(N·|o_i|)`.
 
     Source: "DeepSeekMath" (Shao et al., 2024). N counts responses with at least one token."""
@@ -49,30 +53,40 @@ def seq_mean_token_mean_weight(mask: Tensor, *, num_seqs: Count = None, **_unuse
     return 1.0 / (_num_seqs(lengths, num_seqs) * lengths.clamp(min=1))
 
 
-def seq_mean_token_sum_weight(mask: Tensor, *, num_seqs: Count = None, **_unused) -> Tensor:
+@register("aggregate", "seq_mean_token_sum")
+def seq_mean_token_sum(mask: Tensor, *, num_seqs: Count = None) -> Tensor:
     """seq_mean_token_sum: `L = (1/N) Σ_i Σ_t ℓ_{i,t}`, `c_i = 1/N` (verl's `seq-mean-token-sum`)."""
     return _num_seqs(token_count(mask, -1), num_seqs).expand(mask.shape[0]) ** -1
 
 
-def seq_mean_token_sum_norm_weight(
-    mask: Tensor, *, norm: float | None = None, num_seqs: Count = None, **_unused
-) -> Tensor:
-    """seq_mean_token_sum_norm (Dr.GRPO): `L = Σ_{i,t} ℓ_{i,t} / (N · L_const)`, `c_i = 1/(N·L_const)` with a
-    constant length normaliser (default T, the padded length, i.e. the generation budget).
+def _needs_budget(budget: int | None = None, **_) -> Needs:
+    return Needs(inputs={"budget"}) if budget is None else Needs()
 
+
+@register("aggregate", "seq_mean_token_sum_norm", needs=_needs_budget)
+def seq_mean_token_sum_norm(mask: Tensor, *, budget: int | float | None = None, num_seqs: Count = None) -> Tensor:
+    """seq_mean_token_sum_norm (Dr.GRPO): `L = Σ_{i,t} ℓ_{i,t} / (N · L_max)`, `c_i = 1/(N·L_max)` with the
+    generation budget L_max (the most tokens a response may have: the trainer's `max_new_tokens`, TRL's
+    `max_completion_length`, verl's response length) as the constant length normaliser.
+
+    The constant must not depend on the batch: a batch padded wider (to its longest response) has the same loss.
+    A recipe passes `Rollouts.budget`; set `agg_params={"budget": L}` for another constant.
     Source: "Understanding R1-Zero-Like Training: A Critical Perspective" (Liu et al., 2025)."""
-    if norm is not None and norm <= 0:
-        raise ValueError(f"norm: expected a positive length normaliser, got {norm}")
-    return seq_mean_token_sum_weight(mask, num_seqs=num_seqs) / float(norm or max(mask.shape[1], 1))
+    if budget is None:
+        raise ValueError("budget: aggregation 'seq_mean_token_sum_norm' needs the generation budget (the most tokens "
+                         "a response may have) as its constant normaliser; got None")
+    if budget <= 0:
+        raise ValueError(f"budget: expected a positive length normaliser, got {budget}")
+    return seq_mean_token_sum(mask, num_seqs=num_seqs) / float(budget)
 
 
-def balanced_weight(
+@register("aggregate", "balanced")
+def balanced(
     mask: Tensor,
     *,
     advantage: Tensor | None = None,
     group: Tensor | None = None,
     denominator: str = "signed",
-    **_unused,
 ) -> Tensor:
     """Balanced Aggregation: per group, token means over the positive and the negative responses separately,
     combined with sequence-count weights, then averaged over groups:
@@ -80,13 +94,13 @@ def balanced_weight(
         L_g = n⁺/(n⁺+n⁻) · Σ_{i∈P}Σ_t ℓ / Σ_{i∈P}|o_i|  +  n⁻/(n⁺+n⁻) · Σ_{i∈N}Σ_t ℓ / Σ_{i∈N}|o_i|,
         L = mean over groups with n⁺+n⁻ > 0 of L_g.
 
-    A response's sign is the sign of its summed token advantage; zero-advantage responses get weight 0.
+    A response's sign is the sign of its summed token advantage; zero-advantage responses get coefficient 0.
     `denominator="group"` uses the group size G instead of n⁺+n⁻ (the card leaves this open). `group=None`
     treats the batch as one group. Source: "Balanced Aggregation: Understanding and Fixing Aggregation Bias
-    in GRPO" (Zeng et al., 2026); exact weights are the card's reconstruction.
+    in GRPO" (Zeng et al., 2026); exact coefficients are the card's reconstruction.
     """
     if advantage is None:
-        raise ValueError("advantage: aggregation 'balanced' needs advantage=[B,T] (or seq_weight=[B])")
+        raise ValueError("advantage: aggregation 'balanced' needs advantage=[B,T] (or coef=[B])")
     if denominator not in ("signed", "group"):
         raise ValueError(f"denominator: expected 'signed' or 'group', got {denominator!r}")
     sign = torch.sign(masked_sum(advantage, mask, -1))
@@ -105,38 +119,21 @@ def balanced_weight(
     return pos * coef_pos[index] + neg * coef_neg[index]
 
 
-_WEIGHTS: dict[str, Callable[..., Tensor]] = {
-    "token_mean": token_mean_weight,
-    "seq_mean_token_mean": seq_mean_token_mean_weight,
-    "seq_mean_token_sum": seq_mean_token_sum_weight,
-    "seq_mean_token_sum_norm": seq_mean_token_sum_norm_weight,
-    "balanced": balanced_weight,
-}
+def coefficients(name: str, mask: Tensor, **context_and_params) -> Tensor:
+    """The coefficients `c [B]` of the registered aggregation `name` over a whole batch. Context entries the mode
+    does not read (`advantage`, `group`, `budget`) are dropped; anything else is the mode's parameter."""
+    fn = get("aggregate", name)
+    context = {k: context_and_params.pop(k) for k in ("advantage", "group", "budget") if k in context_and_params}
+    return fn(mask, **accepted(fn, context), **context_and_params)
 
 
-def aggregation_weight(name: str, mask: Tensor, **params) -> Tensor:
-    """Per-response coefficients `c [B]` of aggregation `name` over a whole batch; slice them to micro-batches
-    and pass them as `seq_weight=` to get the whole batch's loss exactly."""
-    if name not in _WEIGHTS:
-        raise ValueError(f"agg: unknown aggregation {name!r}; expected one of {sorted(_WEIGHTS)}")
-    return _WEIGHTS[name](mask, **params)
-
-
-def weighted_token_sum(loss: Tensor, mask: Tensor, seq_weight: Tensor) -> Tensor:
+def weighted_token_sum(loss: Tensor, mask: Tensor, coef: Tensor) -> Tensor:
     """`Σ_i c_i Σ_t m_{i,t} ℓ_{i,t}` — the one reduction every aggregation is."""
-    return (masked_sum(loss, mask, -1) * seq_weight).sum()
+    return (masked_sum(loss, mask, -1) * coef).sum()
 
 
-def _register(name: str, weight_fn: Callable[..., Tensor]) -> None:
-    def aggregate(loss: Tensor, mask: Tensor, *, seq_weight: Tensor | None = None, **params) -> Tensor:
-        if seq_weight is None:
-            seq_weight = weight_fn(mask, **params)
-        return weighted_token_sum(loss, mask, seq_weight)
-
-    aggregate.__name__ = aggregate.__qualname__ = name
-    aggregate.__doc__ = weight_fn.__doc__
-    register("aggregate", name)(aggregate)
-
-
-for _name, _fn in _WEIGHTS.items():
-    _register(_name, _fn)
+def aggregate(name: str, loss: Tensor, mask: Tensor, *, coef: Tensor | None = None, **context_and_params) -> Tensor:
+    """The scalar `Σ_i c_i Σ_t m ℓ` of aggregation `name`; `coef` (the whole batch's, sliced) skips computing them."""
+    if coef is None:
+        coef = coefficients(name, mask, **context_and_params)
+    return weighted_token_sum(loss, mask, coef)

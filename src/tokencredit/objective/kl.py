@@ -11,32 +11,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tokencredit.needs import Needs
 from tokencredit.registry import register
+
+REFERENCE = Needs(inputs={"ref_logprob"})
 
 
 def _log_ratio(logprob: Tensor, ref_logprob: Tensor) -> Tensor:
     return (logprob - ref_logprob).clamp(-20.0, 20.0)
 
 
-@register("kl", "k1")
+@register("kl", "k1", needs=REFERENCE)
 def k1(logprob: Tensor, ref_logprob: Tensor) -> Tensor:
     """k1 = log π − log π_ref."""
     return _log_ratio(logprob, ref_logprob)
 
 
-@register("kl", "abs")
+@register("kl", "abs", needs=REFERENCE)
 def abs_kl(logprob: Tensor, ref_logprob: Tensor) -> Tensor:
     """abs = |log π − log π_ref|."""
     return _log_ratio(logprob, ref_logprob).abs()
 
 
-@register("kl", "k2")
+@register("kl", "k2", needs=REFERENCE)
 def k2(logprob: Tensor, ref_logprob: Tensor) -> Tensor:
     """k2 = ½ (log π − log π_ref)²."""
     return 0.5 * _log_ratio(logprob, ref_logprob) ** 2
 
 
-@register("kl", "k3")
+@register("kl", "k3", needs=REFERENCE)
 def k3(logprob: Tensor, ref_logprob: Tensor) -> Tensor:
     """k3 = π_ref/π − 1 − log(π_ref/π)."""
     x = _log_ratio(logprob, ref_logprob)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from tokencredit.objective.reduce import clipped_surrogate, log_ratio, ratio_stats, reduce_policy_loss
+from tokencredit.needs import Needs
+from tokencredit.objective.surrogate import check_clip, clipped_surrogate, detached, log_ratio, ratio_stats
 from tokencredit.registry import register
 
+BEHAVIOUR_LOGPROB = Needs(inputs={"logprob"})
 
-@register("objective", "ppo_clip")
+
+@register("objective", "ppo_clip", needs=BEHAVIOUR_LOGPROB)
 def ppo_clip(
     logprob: Tensor,
     old_logprob: Tensor,
@@ -18,31 +21,30 @@ def ppo_clip(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = None,
-    agg: str = "token_mean",
-    weight: Tensor | None = None,
-    group: Tensor | None = None,
-    seq_weight: Tensor | None = None,
-    **agg_params,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """`ℓ_{i,t} = max(−A r, −A clip(r, 1−ε_low, 1+ε_high))`, `r = exp(log π_θ − log π_old)`, aggregated by `agg`.
+    """Per-token loss `ℓ_{i,t} = max(−A r, −A clip(r, 1−ε_low, 1+ε_high))`, `r = exp(log π_θ − log π_old)`, 0
+    outside `mask`, and stats (clip fractions, approx KL, max |r − 1|).
 
     Source: "Proximal Policy Optimization Algorithms" (Schulman et al., 2017); `clip_high > clip_low` is DAPO's
-    clip-higher; `dual_clip=c` bounds the loss of negative-advantage tokens by −c·A. `weight [B,T]` multiplies
-    the per-token loss (token-selection stages); `seq_weight [B]` are whole-batch aggregation coefficients
-    for micro-batching; extra keyword arguments go to the aggregation (e.g. `num_tokens=`, `norm=`).
+    clip-higher; `dual_clip=c` bounds the loss of negative-advantage tokens by −c·A. Aggregate the result with
+    `tokencredit.objective.aggregate` (or call `tokencredit.objective.policy_loss` for one scalar).
     """
+    check_clip(clip_low, clip_high, dual_clip)
     log_r = log_ratio(logprob, old_logprob)
     per_token, stats = clipped_surrogate(log_r.exp(), advantage, mask, clip_low, clip_high, dual_clip)
-    stats |= ratio_stats(log_r, mask)
-    return reduce_policy_loss(
-        per_token, mask, advantage, agg=agg, weight=weight, group=group, seq_weight=seq_weight,
-        agg_params=agg_params, stats=stats,
-    )
+    return per_token, detached(stats | ratio_stats(log_r, mask))
 
 
-@register("objective", "negative_only")
+@register("objective", "negative_only", needs=BEHAVIOUR_LOGPROB)
 def negative_only(
-    logprob: Tensor, old_logprob: Tensor, advantage: Tensor, mask: Tensor, **kwargs
+    logprob: Tensor,
+    old_logprob: Tensor,
+    advantage: Tensor,
+    mask: Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clip with `A^N = min(A, 0)`: only negative-advantage tokens carry gradient.
 
@@ -51,4 +53,5 @@ def negative_only(
     Reasoning" (Zhu et al., 2025). The card leaves the normaliser open: here every response token stays in
     the aggregation's denominator; add the `negative_samples` select stage to count negative responses only.
     """
-    return ppo_clip(logprob, old_logprob, advantage.clamp(max=0.0), mask, **kwargs)
+    return ppo_clip(logprob, old_logprob, advantage.clamp(max=0.0), mask, clip_low=clip_low, clip_high=clip_high,
+                    dual_clip=dual_clip)

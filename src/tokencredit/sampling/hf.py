@@ -14,15 +14,42 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+
+
+def tempered_logprobs(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """`log_softmax(logits / T)` `[N,T,V]` in float32: the distribution the sampler draws from."""
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def gathered(logp: Tensor, tokens: Tensor) -> Tensor:
+    """Log-probs `[N,T]` of `tokens [N,T]` under the log-distributions `logp [N,T,V]`."""
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logp: Tensor) -> Tensor:
+    """Entropy `[N,T]` of the log-distributions `logp [N,T,V]`."""
+    return -(logp.exp() * logp).sum(-1)
 
 
 def token_logprob_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """Log-prob of `tokens [N,T]` and entropy of the tempered distribution, from `logits [N,T,V]`, in float32."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    token_logp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy
+    logp = tempered_logprobs(logits, temperature)
+    return gathered(logp, tokens), entropy(logp)
+
+
+class _ExcludeFirst(LogitsProcessor):
+    """Sets `scores[row, banned[row]] = −inf` at the first generated step, the one whose input is `start` wide
+    (the padded prompt + prefix); rows with `banned = −1` are untouched."""
+
+    def __init__(self, banned: Tensor, start: int) -> None:
+        self.banned, self.start = banned, start
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if input_ids.shape[1] != self.start:
+            return scores
+        rows = (self.banned >= 0).nonzero().squeeze(-1)
+        return scores.index_put((rows, self.banned[rows]), torch.tensor(float("-inf"), device=scores.device))
 
 
 @dataclass
@@ -86,14 +113,20 @@ class TransformersSampler:
 
     @torch.no_grad()
     def continue_from(self, prompts: list[str], prefixes: list[list[int]], k: int,
-                      max_new_tokens: int | Sequence[int] | None = None) -> Samples:
+                      max_new_tokens: int | Sequence[int] | None = None,
+                      exclude_first: Sequence[int | None] | None = None) -> Samples:
         """k continuations of each response prefix (token ids after the prompt), `N·k` rows, prompt-major,
         of at most `max_new_tokens` tokens: one limit for all (default: the sampler's) or one per prefix.
 
         Per-prefix limits are applied by sampling up to the largest and cutting each continuation at its own
         limit (a continuation cut before its EOS is `truncated`), which draws from the same distribution as
         stopping each row at its limit. The returned `response_*` tensors hold the continuation only; `texts`
-        hold prefix + continuation, the whole response a verifier scores."""
+        hold prefix + continuation, the whole response a verifier scores.
+
+        `exclude_first[i]` (a token id, or None for no constraint) is a token the first token of prefix i's
+        continuations must differ from: its logit is set to −inf at the first step, before temperature and
+        top-p, so the first token is drawn from the tempered distribution renormalised without it. The
+        returned `logprob`/`entropy` stay those of the unconstrained distribution."""
         if isinstance(max_new_tokens, int) and max_new_tokens <= 0:
             max_new_tokens = [0] * len(prefixes)  # nothing to sample: every continuation is empty
         if max_new_tokens is None or isinstance(max_new_tokens, int):
@@ -104,16 +137,30 @@ class TransformersSampler:
                                  f"got {len(max_new_tokens)}")
             limits = torch.tensor(list(max_new_tokens), device=self.model.device).clamp(min=0).repeat_interleave(k)
             max_new_tokens = max(int(limits.max()), 1) if len(limits) else 1
+        if exclude_first is not None:
+            if len(exclude_first) != len(prefixes):
+                raise ValueError(f"exclude_first: expected one token id (or None) per prefix ({len(prefixes)}), "
+                                 f"got {len(exclude_first)}")
+            vocab = self.model.config.get_text_config().vocab_size
+            if any(t is not None and not 0 <= t < vocab for t in exclude_first):
+                raise ValueError(f"exclude_first: expected token ids in [0, {vocab}) or None, "
+                                 f"got {list(exclude_first)}")
         encoded = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
         rows = [list(p) + list(x) for p, x in zip(encoded, prefixes) for _ in range(k)]
         ids, mask = self._left_pad(rows)
-        out = self._generate(ids, mask, greedy=False, max_new_tokens=max_new_tokens, limits=limits)
+        processors = None
+        if exclude_first is not None:
+            banned = torch.tensor([-1 if t is None else t for t in exclude_first], dtype=torch.long)
+            banned = banned.repeat_interleave(k)
+            processors = LogitsProcessorList([_ExcludeFirst(banned.to(self.model.device), start=ids.shape[1])])
+        out = self._generate(ids, mask, greedy=False, max_new_tokens=max_new_tokens, limits=limits,
+                             logits_processor=processors)
         heads = self.tokenizer.batch_decode([list(x) for x in prefixes for _ in range(k)], skip_special_tokens=True)
         out.texts = [h + t for h, t in zip(heads, out.texts)]
         return out
 
     def _generate(self, prompt_ids: Tensor, prompt_mask: Tensor, greedy: bool, max_new_tokens: int | None,
-                  limits: Tensor | None = None) -> Samples:
+                  limits: Tensor | None = None, logits_processor: LogitsProcessorList | None = None) -> Samples:
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(
@@ -128,6 +175,7 @@ class TransformersSampler:
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
             output_logits=True,
+            logits_processor=logits_processor,
         )
         self.model.train(was_training)
         response_ids = out.sequences[:, prompt_ids.shape[1]:]
@@ -169,6 +217,17 @@ def prompt_response_inputs(prompt_ids: Tensor, prompt_mask: Tensor, response_ids
     return {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids}
 
 
+def response_logits(model: PreTrainedModel, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor) -> Tensor:
+    """The logits `[N,T,V]` that predict each response token, in one forward pass (with grad if enabled).
+
+    Inputs and position ids come from `prompt_response_inputs` (`generate`'s rule), so they describe the same
+    distribution as at sampling."""
+    t = response_ids.shape[1]
+    # logits only at the positions that predict response tokens (the last T+1, minus the final one)
+    logits = model(**prompt_response_inputs(prompt_ids, prompt_mask, response_ids), logits_to_keep=t + 1).logits
+    return logits[:, :-1]
+
+
 def policy_logprob(
     model: PreTrainedModel,
     prompt_ids: Tensor,
@@ -176,12 +235,6 @@ def policy_logprob(
     response_ids: Tensor,
     temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """Recompute the policy's log-probs and entropies of `response_ids` in one forward pass (with grad).
-
-    Inputs and position ids come from `prompt_response_inputs` (`generate`'s rule), so the result describes
-    the same distribution as at sampling.
-    """
-    t = response_ids.shape[1]
-    # logits only at the positions that predict response tokens (the last T+1, minus the final one)
-    logits = model(**prompt_response_inputs(prompt_ids, prompt_mask, response_ids), logits_to_keep=t + 1).logits
-    return token_logprob_entropy(logits[:, :-1], response_ids, temperature)
+    """Recompute the policy's log-probs and entropies of `response_ids` in one forward pass (with grad)."""
+    return token_logprob_entropy(response_logits(model, prompt_ids, prompt_mask, response_ids), response_ids,
+                                 temperature)

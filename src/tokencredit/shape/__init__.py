@@ -1,3 +1,3 @@
 """Shape stage: `Rollouts` → per-token rewards `[B,T]`."""
 
-from tokencredit.shape import outcome  # noqa: F401  (registers)
+from tokencredit.shape import outcome, overlong  # noqa: F401  (registers)

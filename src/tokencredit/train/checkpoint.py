@@ -1,6 +1,6 @@
-"""Checkpoints: model (safetensors via `save_pretrained`), the critic if any (`critic/`, likewise), optimizer and
-RNG state (safetensors), step and small state (JSON), written to a temporary folder and renamed into place so a
-kill never leaves half a checkpoint. `latest` names the newest complete one."""
+"""Checkpoints: model (safetensors via `save_pretrained`), optimizer and RNG state (safetensors), step and small
+state (JSON), and whatever the run's providers save (a critic in `critic/`), written to a temporary folder and
+renamed into place so a kill never leaves half a checkpoint. `latest` names the newest complete one."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel
 
 LATEST = "latest"
-CRITIC = "critic"  # subfolder of the critic model
-# optimizer states: key in trainer_state.json → tensor-name prefix in trainer_state.safetensors
-_OPTIMIZERS = {"optimizer": "optim", "critic_optimizer": "critic_optim"}
+_OPTIM = "optim"  # tensor-name prefix of the optimizer state in trainer_state.safetensors
 
 
 def _optimizer_tensors(
@@ -45,6 +43,19 @@ def _restore_optimizer(
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path, name: str = "optimizer") -> None:
+    """`optimizer`'s state as `folder/{name}.safetensors` (tensors) and `folder/{name}.json` (the rest)."""
+    tensors, meta = _optimizer_tensors(optimizer, _OPTIM)
+    save_file(tensors, str(folder / f"{name}.safetensors"))
+    (folder / f"{name}.json").write_text(json.dumps(meta))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, name: str = "optimizer") -> None:
+    """Restore what `save_optimizer` wrote."""
+    meta = json.loads((folder / f"{name}.json").read_text())
+    _restore_optimizer(optimizer, load_file(str(folder / f"{name}.safetensors")), meta, _OPTIM)
+
+
 def save_checkpoint(
     root: Path,
     name: str,
@@ -55,21 +66,21 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 2,
     *,
-    critic: PreTrainedModel | None = None,
-    critic_optimizer: torch.optim.Optimizer | None = None,
+    save_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoint `root/name` atomically and point `root/latest` at it."""
+    """Write checkpoint `root/name` atomically and point `root/latest` at it; `save_extra(folder)` adds files
+    (the run's providers: a critic)."""
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if critic is not None:
-        critic.save_pretrained(tmp / CRITIC)
+    if save_extra is not None:
+        save_extra(tmp)
     tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, Any] = {"state": state, "task_rng": _rng_to_json(task_rng.getstate())}
-    for (key, prefix), optim in zip(_OPTIMIZERS.items(), (optimizer, critic_optimizer)):
-        optim_tensors, meta[key] = _optimizer_tensors(optim, prefix) if optim is not None else ({}, None)
+    meta: dict[str, Any] = {"state": state, "task_rng": _rng_to_json(task_rng.getstate()), "optimizer": None}
+    if optimizer is not None:
+        optim_tensors, meta["optimizer"] = _optimizer_tensors(optimizer, _OPTIM)
         tensors.update(optim_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "trainer_state.safetensors"))
@@ -92,19 +103,13 @@ def latest_checkpoint(root: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_trainer_state(
-    path: Path,
-    optimizer: torch.optim.Optimizer | None,
-    task_rng: random.Random,
-    critic_optimizer: torch.optim.Optimizer | None = None,
-) -> dict[str, Any]:
-    """Restore the optimizers (those given, where the checkpoint has their state), torch RNG and task RNG from
-    checkpoint `path`; returns the saved `state` dict. The critic model itself loads from `path / CRITIC`."""
+def load_trainer_state(path: Path, optimizer: torch.optim.Optimizer | None, task_rng: random.Random) -> dict[str, Any]:
+    """Restore the optimizer (if given and the checkpoint has its state), torch RNG and task RNG from checkpoint
+    `path`; returns the saved `state` dict. Providers restore their own files."""
     tensors = load_file(str(path / "trainer_state.safetensors"))
     meta = json.loads((path / "trainer_state.json").read_text())
-    for (key, prefix), optim in zip(_OPTIMIZERS.items(), (optimizer, critic_optimizer)):
-        if optim is not None and meta.get(key) is not None:
-            _restore_optimizer(optim, tensors, meta[key], prefix)
+    if optimizer is not None and meta.get("optimizer") is not None:
+        _restore_optimizer(optimizer, tensors, meta["optimizer"], _OPTIM)
     torch.set_rng_state(tensors["rng.torch"])
     task_rng.setstate(_rng_from_json(meta["task_rng"]))
     return meta["state"]

@@ -8,7 +8,8 @@ import math
 import torch
 from torch import Tensor
 
-from tokencredit.masked import as_float, rows_kept, token_count, true_positions
+from tokencredit.masked import as_float, token_count, true_positions
+from tokencredit.needs import Needs
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.weight.inputs import token_field
@@ -161,7 +162,7 @@ def top_count(n: int, top: float) -> int:
     return max(1, round(top * n))
 
 
-@register("weight", "forking_tokens")
+@register("weight", "forking_tokens", needs=Needs(inputs={"entropy"}))
 def forking_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Tensor | None = None) -> Tensor:
     """`m_{i,t} = 1[H_{i,t} ≥ τ_ρ]`, τ_ρ the (1−ρ)-quantile of token entropy over the response tokens of the
     batch's kept responses (ρ = `top`, paper value 0.2; ρ = 1 keeps every token). The loss normaliser is
@@ -169,19 +170,20 @@ def forking_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep
 
     Source: "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective RL for LLM Reasoning"
     (Wang et al., 2025). Entropy is read from `rollouts.entropy` (the sampling policy's; it equals the
-    current policy's at the first on-policy epoch). Ties at τ are all kept. `keep [B]` (passed by
-    `Recipe.credit` from the select stage) leaves dropped responses out of the quantile, as the paper's DAPO
-    batches hold only the groups that dynamic sampling kept.
+    current policy's at the first on-policy epoch). Ties at τ are all kept. `keep [B,T]` (passed by
+    `Recipe.credit`: the tokens in the loss) leaves dropped responses and tokens out of the quantile, as the
+    paper's DAPO batches hold only the groups that dynamic sampling kept.
     """
     entropy = token_field(rollouts, "entropy", "forking_tokens")
     return top_fraction_mask(entropy, _ranked(rollouts.mask, keep), top, within=rollouts.mask)
 
 
-@register("weight", "d3s_tokens")
+@register("weight", "d3s_tokens", needs=Needs(inputs={"entropy"}))
 def d3s_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Tensor | None = None) -> Tensor:
     """D³S token-level down-sampling: `m_{i,t} = 1[|A_{i,t}|·H_{i,t} ≥ τ_K]`, τ_K the (1−K)-quantile of the score
-    over the response tokens of the kept (sample-selected) responses, K = `top`. With a per-response advantage
-    this ranks tokens by entropy within a response and by |A| across responses. K = 1 keeps every token.
+    over the tokens in the loss (`keep [B,T]`: those of the sample-selected responses), K = `top`. With a
+    per-response advantage this ranks tokens by entropy within a response and by |A| across responses. K = 1 keeps
+    every token.
 
     Source: "Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient Policy
     Optimization" (Wang et al., 2025). Pair it with the `d3s_samples` select stage (the `d3s` preset); K may
@@ -192,5 +194,6 @@ def d3s_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Te
 
 
 def _ranked(mask: Tensor, keep: Tensor | None) -> Tensor:
-    """The tokens the quantile ranks: the response tokens of the kept responses (`keep [B]`, None keeps all)."""
-    return mask if keep is None else rows_kept(mask, keep)
+    """The tokens the quantile ranks: those of the mask in the loss (`keep [B,T]`; None: every token of the
+    mask)."""
+    return mask if keep is None else mask & keep

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.masked import as_float, token_count
+from tokencredit.needs import Needs
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
 from tokencredit.weight.inputs import token_field
@@ -29,9 +30,10 @@ def entropy_change(rollouts: Rollouts, advantage: Tensor) -> Tensor:
 
 
 def _entropy_change_into(out: Tensor, rollouts: Rollouts, advantage: Tensor, absolute: bool = False,
-                         need_min: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Write `Ω` (or `|Ω|`), 0 outside the mask, into `out` `[B,T]`; return the rows' maxima of it, and with
-    `need_min` the rows' minima over the mask (+inf for an empty row).
+                         need_min: bool = False, ranked: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Write `Ω` (or `|Ω|`), 0 outside the mask, into `out` `[B,T]`; return the rows' maxima of it over the
+    `ranked` tokens (a bool `[B,T]` within the mask; None: the mask; 0 for a row without any), and with
+    `need_min` the rows' minima over them (+inf for a row without any).
 
     Speed (CPU, [4096, 1024], torch 2.13, 1 thread): the formula written out makes 8 fresh `[B,T]` temporaries
     and the masked copy `|Ω|[mask]` for the batch maximum (40 ms alone): 100–160 ms per `steer` call. Here each
@@ -51,6 +53,7 @@ def _entropy_change_into(out: Tensor, rollouts: Rollouts, advantage: Tensor, abs
     rows = max(1, _CHUNK // max(shape[-1], 1))
     p, log_p = (torch.empty((min(rows, shape[0]), *shape[1:]), device=mask.device) for _ in range(2))
     bits = torch.empty(p.shape, dtype=torch.int32, device=mask.device)
+    ranked_bits = None if ranked is None else torch.empty_like(bits)
     row_max = out.new_zeros(shape[:-1])
     row_min = out.new_full(shape[:-1], math.inf) if need_min else None
     if not out.numel():
@@ -66,11 +69,16 @@ def _entropy_change_into(out: Tensor, rollouts: Rollouts, advantage: Tensor, abs
         if absolute:
             omega.abs_()
         omega.view(torch.int32).bitwise_and_(_mask_bits(mask[block], bits_))
-        if absolute:
-            torch.amax(omega, -1, out=row_max[block])
-        if need_min:  # |Ω| with +inf outside the mask: |Ω| ≥ 0 orders like its int32 bits, and +inf's exceed them
+        if not absolute:
+            continue
+        only = omega  # |Ω| on the ranked tokens (≥ 0), 0 elsewhere
+        if ranked is not None:
+            bits_ = _mask_bits(ranked[block], ranked_bits[:n])
+            only = torch.bitwise_and(omega.view(torch.int32), bits_, out=p_.view(torch.int32)).view(torch.float32)
+        torch.amax(only, -1, out=row_max[block])
+        if need_min:  # +inf instead of 0 off the ranked tokens: |Ω| ≥ 0 orders like its int32 bits, +inf's exceed them
             beyond = torch.bitwise_not(bits_, out=log_p_.view(torch.int32)).bitwise_and_(_INF_BITS)
-            torch.maximum(beyond, omega.view(torch.int32), out=beyond)
+            torch.maximum(beyond, only.view(torch.int32), out=beyond)
             torch.amin(log_p_, -1, out=row_min[block])
     return row_max, row_min
 
@@ -81,7 +89,7 @@ def _mask_bits(mask: Tensor, out: Tensor) -> Tensor:
     return out.copy_(mask.view(torch.int8)).neg_()
 
 
-@register("weight", "steer")
+@register("weight", "steer", needs=Needs(inputs={"logprob", "entropy"}))
 def steer(
     rollouts: Rollouts,
     advantage: Tensor,
@@ -90,8 +98,8 @@ def steer(
     mode: str = "exp",
     keep: Tensor | None = None,
 ) -> Tensor:
-    """STEER token weights from the estimated entropy change `|Ω|` (see `entropy_change`), over the response
-    tokens of the kept responses:
+    """STEER token weights from the estimated entropy change `|Ω|` (see `entropy_change`), ranked over the tokens
+    in the loss (`keep [B,T]`, passed by `Recipe.credit`; None: every token of the mask):
 
     * `exp` (the paper's): `λ = clamp(exp(−k·|Ω|), w_min, 1)`, `k = −ln(w_min) / max(max|Ω|, 0.02)`, so the
       token with the largest |Ω| gets `w_min` (`w_max` must be 1);
@@ -111,14 +119,13 @@ def steer(
     if mode == "exp" and (w_min > 1.0 or w_max != 1.0):
         raise ValueError(f"w_min, w_max: mode 'exp' weighs in [w_min, 1] (w_min ≤ 1, w_max = 1), got {w_min}, {w_max}")
     mask = rollouts.mask
+    ranked = None if keep is None else mask & keep
     weight = torch.empty(mask.shape, dtype=torch.float32, device=mask.device)
-    row_max, row_min = _entropy_change_into(weight, rollouts, advantage, absolute=True, need_min=mode == "linear")
-    if keep is not None:
-        row_max, row_min = row_max[keep], None if row_min is None else row_min[keep]
-    kept_tokens = token_count(mask, -1) if keep is None else token_count(mask, -1)[keep]
-    if not kept_tokens.any():
+    row_max, row_min = _entropy_change_into(weight, rollouts, advantage, absolute=True, need_min=mode == "linear",
+                                            ranked=ranked)
+    if not token_count(mask if ranked is None else ranked):
         return as_float(mask)
-    largest = row_max.max()  # over the kept rows' tokens: |Ω| ≥ 0 and 0 outside the mask
+    largest = row_max.max()  # over the ranked tokens: |Ω| ≥ 0, and 0 in a row without any
     if mode == "exp":
         rate = -math.log(w_min) / largest.clamp(min=0.02)
         _in_blocks(weight, mask, lambda w: w.mul_(-rate).exp_().clamp_(w_min, w_max))

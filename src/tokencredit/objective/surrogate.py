@@ -1,36 +1,11 @@
-"""The shared tail of every policy objective: token weights, aggregation, and stats."""
+"""The pieces every policy objective shares: the clamped log-ratio, PPO's clipped surrogate, ratio statistics."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from tokencredit.masked import masked_mean, token_count, zero_outside
-from tokencredit.registry import get
-
-
-def reduce_policy_loss(
-    per_token: Tensor,
-    mask: Tensor,
-    advantage: Tensor,
-    *,
-    agg: str,
-    weight: Tensor | None,
-    group: Tensor | None,
-    seq_weight: Tensor | None,
-    agg_params: dict,
-    stats: dict[str, Tensor],
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """`L = aggregate(w ⊙ ℓ, mask)`; the token weight w multiplies the loss but not the normaliser (as in the
-    80/20 forking-token mask, whose normaliser stays the total token count)."""
-    if weight is not None:
-        per_token = per_token * weight
-    loss = get("aggregate", agg)(
-        per_token, mask, advantage=advantage, group=group, seq_weight=seq_weight, **agg_params
-    )
-    stats["tokens"] = token_count(mask).float()
-    stats["advantage_mean"] = masked_mean(advantage, mask).detach()
-    return loss, {k: v.detach() for k, v in stats.items()}
+from tokencredit.masked import masked_mean, zero_outside
 
 
 def log_ratio(logprob: Tensor, old_logprob: Tensor) -> Tensor:
@@ -46,8 +21,9 @@ def clipped_surrogate(
     clip_high: float,
     dual_clip: float | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO's per-token loss `ℓ = max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high))`; with dual clip c > 1,
-    `ℓ ← min(ℓ, −c·A)` where A < 0 ("Mastering Complex Control in MOBA Games with Deep RL", Ye et al. 2020)."""
+    """PPO's per-token loss `ℓ = max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high))`, 0 outside `mask`; with dual clip
+    c > 1, `ℓ ← min(ℓ, −c·A)` where A < 0 ("Mastering Complex Control in MOBA Games with Deep RL", Ye et al.
+    2020)."""
     unclipped = -advantage * ratio
     clipped = -advantage * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(unclipped, clipped)
@@ -57,12 +33,18 @@ def clipped_surrogate(
         "clip_frac_high": masked_mean(((ratio > 1.0 + clip_high) & (advantage > 0)).float(), mask),
     }
     if dual_clip is not None:
-        if dual_clip <= 1.0:
-            raise ValueError(f"dual_clip: expected a constant > 1, got {dual_clip}")
         capped = torch.minimum(loss, -dual_clip * advantage)
         stats["dual_clip_frac"] = masked_mean(((advantage < 0) & (capped < loss)).float(), mask)
         loss = torch.where(advantage < 0, capped, loss)
-    return loss, stats
+    return zero_outside(loss, mask), stats
+
+
+def check_clip(clip_low: float, clip_high: float, dual_clip: float | None = None) -> None:
+    """Clip ranges are non-negative (ε_low ≥ 1 leaves ratios below 1 unclipped); a dual clip constant is > 1."""
+    if clip_low < 0.0 or clip_high < 0.0:
+        raise ValueError(f"clip_low, clip_high: expected ranges ≥ 0, got {clip_low}, {clip_high}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip: expected a constant > 1, got {dual_clip}")
 
 
 def ratio_stats(log_r: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -71,3 +53,7 @@ def ratio_stats(log_r: Tensor, mask: Tensor) -> dict[str, Tensor]:
     ratio = log_r.exp()
     dev = zero_outside((ratio - 1.0).abs(), mask).amax() if mask.numel() else ratio.new_zeros(())
     return {"approx_kl": masked_mean(torch.expm1(-log_r) + log_r, mask), "ratio_max_dev": dev}
+
+
+def detached(stats: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach() for k, v in stats.items()}

@@ -1,0 +1,128 @@
+"""Recorded responses from a JSONL file, rebuilt as `(Example, token ids)` for the critical-token search.
+
+One JSON object per line; blank lines are skipped. Fields:
+
+| field | required | meaning |
+|---|---|---|
+| `prompt` | yes | the prompt string exactly as the model saw it (the sampler tokenizes it as `sample` does) |
+| `response_ids` | one of the two | the response's token ids after the prompt (used when both are given) |
+| `response` | one of the two | the response text, tokenized with the checkpoint's tokenizer (no special tokens) |
+| `answer` | when the verifier needs it | string or number, the ground truth the task's verifier compares with |
+| `demonstration` | no | string, kept on the Example |
+| `source_index` | no | non-negative integer: the item's index in the task's dataset (reasoning-gym) |
+
+Other fields are ignored, so a file of recorded training responses can carry its own bookkeeping.
+
+Choices:
+
+* Trailing EOS and padding ids are removed from `response_ids` (the search works on content tokens); an EOS or
+  pad id before the end is an error, since nothing can follow it.
+* Every verifier needs `answer`, except a `reasoning_gym:` task given `source_index`: its verifier regenerates
+  the item, and the answer is taken from it.
+* A response longer than `max_tokens` (the response budget) is an error: its continuations would have no budget.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokencredit.tasks import Example, Task
+
+
+@dataclass(frozen=True)
+class RecordedResponse:
+    """One line of a responses file: `line` (1-based line number), the rebuilt `example`, and `tokens`, the
+    response's content token ids (no EOS)."""
+
+    line: int
+    example: Example
+    tokens: list[int]
+
+
+def read_responses(path: str | Path, tokenizer: Any, task: Task, *, max_tokens: int | None = None
+                   ) -> list[RecordedResponse]:
+    """Parse and validate the responses file `path` (see the module docstring); a ValueError names the file,
+    the line and the problem. `tokenizer` encodes `response` texts and bounds `response_ids`; `task` says
+    whether a line needs an `answer`; `max_tokens` bounds a response's length."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"responses: no such file {str(path)!r}")
+    out: list[RecordedResponse] = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if line.strip():
+                out.append(_parse(line, f"{path}:{lineno}", lineno, tokenizer, task, max_tokens))
+    if not out:
+        raise ValueError(f"responses: {path} holds no records")
+    return out
+
+
+def _parse(line: str, where: str, lineno: int, tokenizer: Any, task: Task, max_tokens: int | None
+           ) -> RecordedResponse:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where}: " + ("missing field 'prompt'" if "prompt" not in record
+                                          else "field 'prompt' must be a string"))
+    demonstration = record.get("demonstration")
+    if demonstration is not None and not isinstance(demonstration, str):
+        raise ValueError(f"{where}: field 'demonstration' must be a string")
+    source_index = record.get("source_index")
+    if source_index is not None and (isinstance(source_index, bool) or not isinstance(source_index, int)
+                                     or source_index < 0):
+        raise ValueError(f"{where}: field 'source_index' must be a non-negative integer")
+    answer = _answer(record, where, task, source_index)
+    tokens = _tokens(record, where, tokenizer)
+    if max_tokens is not None and len(tokens) > max_tokens:
+        raise ValueError(f"{where}: the response has {len(tokens)} tokens, more than the response budget "
+                         f"({max_tokens}, --max-new-tokens)")
+    return RecordedResponse(lineno, Example(prompt, answer, demonstration, source_index), tokens)
+
+
+def _answer(record: dict[str, Any], where: str, task: Task, source_index: int | None) -> str:
+    from tokencredit.tasks.gym import ReasoningGymTask
+
+    if "answer" in record:
+        answer = record["answer"]
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+            raise ValueError(f"{where}: field 'answer' must be a string or a number")
+        return str(answer)
+    if isinstance(task, ReasoningGymTask) and source_index is not None:  # the verifier regenerates the item
+        try:
+            return str(task.item(source_index)["answer"])
+        except (IndexError, KeyError):
+            raise ValueError(f"{where}: field 'source_index' {source_index} is not an item of {task.name}") from None
+    raise ValueError(f"{where}: missing field 'answer' (the {task.name} verifier compares the response with it)")
+
+
+def _tokens(record: dict[str, Any], where: str, tokenizer: Any) -> list[int]:
+    if "response_ids" in record:
+        ids = record["response_ids"]
+        vocab = len(tokenizer)
+        if not isinstance(ids, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+            raise ValueError(f"{where}: field 'response_ids' must be a list of integer token ids")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"{where}: field 'response_ids' has ids outside the tokenizer's [0, {vocab}): {bad[:5]}")
+    elif "response" in record:
+        if not isinstance(record["response"], str):
+            raise ValueError(f"{where}: field 'response' must be a string")
+        ids = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+    else:
+        raise ValueError(f"{where}: missing field 'response_ids' or 'response'")
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    content = len(ids)
+    while content and ids[content - 1] in ends:
+        content -= 1
+    early = [i for i in range(content) if ids[i] in ends]
+    if early:
+        raise ValueError(f"{where}: the response has an EOS or pad token at position {early[0]}, before its end")
+    return list(ids[:content])
