@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
-from tokencredit.masked import masked_mean, token_count, zero_outside
+from tokencredit.masked import masked_mean, rows_kept, token_count, zero_outside
 from tokencredit.needs import INPUTS, Needs
 from tokencredit.objective.aggregate import weighted_token_sum
 from tokencredit.registry import accepted, get, names, needs_of, parameters
@@ -171,7 +171,7 @@ class Recipe(BaseModel):
             token_keep = mask & self._run("token_select", shaped, advantage, **run)
         weight = mask.float()
         if self.weight is not None:  # after selection: a batch-level token quantile counts the tokens in the loss
-            weight = zero_outside(self._run("weight", shaped, advantage, keep=token_keep & keep[:, None], **run), mask)
+            weight = zero_outside(self._run("weight", shaped, advantage, keep=rows_kept(token_keep, keep), **run), mask)
         return Credit(advantage=advantage, weight=weight, keep=keep, token_keep=token_keep, progress=progress)
 
     # ------------------------------------------------------------------------------------------ loss

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tokencredit.masked import masked_sum, token_count
+from tokencredit.masked import masked_sum, rows_kept, token_count
 
 _OPTIONAL_TOKEN_FIELDS = ("tokens", "logprob", "ref_logprob", "entropy", "value")
 
@@ -162,13 +162,13 @@ class Credit:
 
     def loss_mask(self, mask: Tensor) -> Tensor:
         """`[B,T]` bool: the tokens of `mask` that enter the loss and its normaliser (kept responses, kept tokens)."""
-        kept = mask & self.keep[:, None]
+        kept = rows_kept(mask, self.keep)
         return kept if self.token_keep is None else kept & self.token_keep
 
     def folded(self) -> Tensor:
         """`advantage · weight`, 0 for dropped responses and tokens: the single tensor to hand to an engine without
         weight support (together with `loss_mask`)."""
-        keep = self.keep[:, None] if self.token_keep is None else self.keep[:, None] & self.token_keep
+        keep = self.keep[:, None] if self.token_keep is None else rows_kept(self.token_keep, self.keep)
         return self.advantage * self.weight * keep
 
 
