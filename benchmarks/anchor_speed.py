@@ -13,7 +13,8 @@ batch's `uid` strings (one uuid per prompt, an object array), which its vectoriz
 `np.unique` on every call; `grpo (verl vectorized, uid strings)` times that, every other verl row gets integer
 prompt ids (a numpy int64 array, which verl takes as is). Outputs are checked to agree on the mask
 before timing (verl's whitened advantages are not 0 on padding). Aggregations: forward + backward of a [B,T]
-loss, verl's `agg_loss` vs `tc.get("aggregate", …)`. Ratio = verl ms / tokencredit ms (median wall time).
+loss, verl's `agg_loss` vs `tokencredit.objective.aggregate.aggregate`. Ratio = verl ms / tokencredit ms (median
+wall time).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from verl.trainer.ppo import core_algos as verl_algos
 
 import tokencredit as tc
 from credit_speed import GAMMA, LAM, B, T, interleaved_ms, machine, make_batch
+from tokencredit.objective.aggregate import aggregate
 from tokencredit.shape.outcome import outcome
 
 RESULTS = Path(__file__).parent / "results" / "anchor_speed.json"
@@ -96,7 +98,7 @@ def aggregation_pairs(r: tc.Rollouts) -> dict[str, tuple[Callable[[], Tensor], C
         return run
 
     return {
-        name: (backward(lambda loss, name=name: tc.get("aggregate", name)(loss, mask)),
+        name: (backward(lambda loss, name=name: aggregate(name, loss, mask, budget=T)),
                backward(lambda loss, mode=mode: verl_algos.agg_loss(loss, maskf, mode)))
         for name, mode in AGGREGATIONS.items()
     }

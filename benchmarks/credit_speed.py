@@ -63,6 +63,7 @@ from tokencredit.advantage.group import broadcast
 from tokencredit.discount import discounted_reverse_cumsum
 from tokencredit.groups import group_index, group_stats
 from tokencredit.masked import last_index, masked_whiten, masked_whiten_rows, token_count, zero_outside
+from tokencredit.objective.aggregate import aggregate
 from tokencredit.shape.outcome import outcome
 
 B, T, GROUP_SIZE, MIN_LEN = 4096, 1024, 16, 256
@@ -466,11 +467,10 @@ def measure(args: argparse.Namespace) -> dict:
     base_loss = torch.randn(B, T, generator=torch.Generator().manual_seed(1))
     advantage = tc.get("advantage", "grpo")(rollouts)
     for name in tc.names("aggregate"):
-        fn = tc.get("aggregate", name)
 
-        def library(fn=fn) -> tuple[Tensor, Tensor]:
+        def library(name=name) -> tuple[Tensor, Tensor]:
             loss = base_loss.clone().requires_grad_(True)
-            value = fn(loss, mask, advantage=advantage, group=group)
+            value = aggregate(name, loss, mask, advantage=advantage, group=group, budget=T)
             value.backward()
             return loss.grad, value.detach()
 
