@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tokencredit.train.demo import demo_config, prepare_demo_folder, run_demo
+from tokencredit.train.demo import demo_config, run_demo
 
 TINY = {"hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1, "intermediate": 64}
 
@@ -31,6 +31,8 @@ def test_demo_writes_summary_and_plot(tmp_path):
 
 
 def test_fresh_deletes_only_what_the_other_demo_wrote(tmp_path):
+    from tokencredit.train.demo import prepare_demo_folder
+
     base = demo_config(tmp_path)
     for name in ("sft", "grpo", "tempo", "notes"):
         (tmp_path / name).mkdir()

@@ -13,8 +13,7 @@ import tokencredit
 from tokencredit.rewards import safe_score
 from tokencredit.tasks import Example, Task, examples, make_task
 from tokencredit.train import Trainer, load_config, train
-from tokencredit.train.checkpoint import CheckpointWriteError, latest_checkpoint, resolve_checkpoint
-from tokencredit.train.config import SAFE_TO_CHANGE
+from tokencredit.train.checkpoint import latest_checkpoint
 from tokencredit.train.evaluate import evaluate
 
 TINY = {"hidden_size": 32, "layers": 1, "heads": 2, "kv_heads": 1, "intermediate": 64}
@@ -67,6 +66,8 @@ def test_resume_refuses_another_config_naming_the_keys(finished, override, named
 
 def test_resume_may_extend_a_run_and_change_the_safe_fields(tmp_path):
     out = tmp_path / "run"
+    from tokencredit.train.config import SAFE_TO_CHANGE
+
     train(tiny(out))
     assert "rl.steps" in SAFE_TO_CHANGE and "log" in SAFE_TO_CHANGE
     summary = train(tiny(out, "rl.steps=3", "log.tensorboard=true", "checkpoint_every=5", "threads=1"))
@@ -110,7 +111,7 @@ def test_a_full_disk_during_a_checkpoint_names_the_last_good_one(tmp_path, monke
         return save_file(*args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save_file", full_disk)
-    with pytest.raises(CheckpointWriteError, match=r"checkpoint step-3: could not be written to .* \(No space left "
+    with pytest.raises(OSError, match=r"checkpoint step-3: could not be written to .* \(No space left "
                                                    r"on device\); the last good checkpoint is .*sft \(global step 2\)"
                                                    r".*--resume continues from it"):
         train(tiny(out))
@@ -199,6 +200,8 @@ def test_reasoning_gym_holds_items_out():
 
 
 def test_a_checkpoint_argument_may_be_a_run_folder_or_its_latest(finished):
+    from tokencredit.train.checkpoint import resolve_checkpoint
+
     newest = finished / "checkpoints" / "step-4"
     assert resolve_checkpoint(finished) == newest
     assert resolve_checkpoint(finished / "checkpoints") == newest
