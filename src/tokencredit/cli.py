@@ -216,7 +216,6 @@ def demo(
     """Warm start a tiny model on chain_sum, then RL with several presets side by side (CPU, minutes).
 
     Run again into the same --out with the same settings, it continues that demo (finished runs are kept)."""
-    from tokencredit.train.checkpoint import latest_checkpoint
     from tokencredit.train.demo import run_demo
 
     names = [p.strip() for p in presets.split(",") if p.strip()]
@@ -237,10 +236,9 @@ def demo(
         table.add_row(name, f"{row['sft_accuracy']:.3f}", f"{row['final_accuracy']:.3f}", f"{gain:+.3f}",
                       f"{row['seconds']:.0f}")
     console.print(table)
-    final = latest_checkpoint(out / names[0] / "checkpoints")
     runs = " ".join(str(out / name) for name in names)
-    console.print(escape(f"next: tokencredit compare {runs}" + (
-        f"; which tokens got the credit: tokencredit inspect --checkpoint {final}" if final else "")))
+    console.print(escape(f"next: tokencredit compare {runs}; which tokens got the credit: tokencredit inspect "
+                         f"--checkpoint {out / names[0]}"))
 
 
 @app.command()
@@ -258,7 +256,9 @@ def train(
     from tokencredit.train.checkpoint import latest_checkpoint
 
     cfg = load_config(config, overrides)
-    existing = latest_checkpoint(Path(cfg.out) / "checkpoints")
+    with warnings.catch_warnings():  # a fallback from a lost `latest` is reported once, by the trainer
+        warnings.simplefilter("ignore")
+        existing = latest_checkpoint(Path(cfg.out) / "checkpoints")
     if existing is not None and not resume:
         _fail(f"{cfg.out} already holds a run (checkpoint {existing.name}); pass --resume or choose --set out=DIR")
     if resume and existing is None:
