@@ -74,7 +74,7 @@ def test_resume_may_extend_a_run_and_change_the_safe_fields(tmp_path):
     assert summary["finished"] and summary["global_step"] == 5
     assert [r["step"] for r in records(out) if r["phase"] == "rl"] == [1, 2, 3]
     with pytest.raises(ValueError, match=r"rl.steps: the run .* is at RL step 3; resume it with rl.steps >= 3"):
-        Trainer(tiny(out, "rl.steps=1")).run()
+        Trainer(tiny(out, "rl.steps=1"))
 
 
 def test_a_mistyped_model_path_is_an_error(tmp_path):

@@ -112,12 +112,21 @@ def save_checkpoint(
     return final
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The global step recorded in checkpoint `path`, or None when it is not a complete, readable checkpoint."""
+def checkpoint_state(path: Path) -> dict[str, Any] | None:
+    """The trainer's state recorded in checkpoint `path` (phase, step, global step, …), or None when it is not a
+    complete, readable checkpoint."""
     try:
-        return int(json.loads((path / STATE).read_text())["state"]["global_step"])
+        state = json.loads((path / STATE).read_text())["state"]
+        int(state["global_step"])
+        return state
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step recorded in checkpoint `path`, or None when it is not a complete, readable checkpoint."""
+    state = checkpoint_state(path)
+    return None if state is None else int(state["global_step"])
 
 
 def newest_checkpoint(root: Path) -> Path | None:

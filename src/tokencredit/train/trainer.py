@@ -32,6 +32,7 @@ from tokencredit.tasks import HELD_OUT_SEED_OFFSET, make_task
 from tokencredit.train.batch import Batch
 from tokencredit.train.checkpoint import (
     CheckpointWriteError,
+    checkpoint_state,
     checkpoint_step,
     latest_checkpoint,
     load_trainer_state,
@@ -147,17 +148,20 @@ class Trainer:
 
     def _check_same_run(self, checkpoint: Path) -> None:
         """A ValueError unless the run in `out` (its checkpoint's recorded config) has this run's config, up to the
-        fields that are safe to change (`SAFE_TO_CHANGE`): a run never mixes two configs."""
+        fields that are safe to change (`SAFE_TO_CHANGE`), and `rl.steps` is not below the step it reached: a run
+        never mixes two configs."""
         record = read_run_record(checkpoint) or read_run_record(self.out)
         if record is None:
             warnings.warn(f"{checkpoint} records no config (written before tokencredit recorded one): cannot check "
                           "that the resumed run has the same config", stacklevel=3)
-            return
-        diff = config_differences(record["config"], self.cfg.model_dump(mode="json"))
-        if diff:
+        elif diff := config_differences(record["config"], self.cfg.model_dump(mode="json")):
             raise ValueError(f"{self.out} holds a run with another config ({describe_differences(diff)}); a resumed "
                              f"run may change only {', '.join(SAFE_TO_CHANGE)}. Start a new run in another folder "
                              "(--set out=DIR), or resume with the recorded values")
+        state = checkpoint_state(checkpoint) or {}
+        if state.get("phase") in ("rl", "done") and state.get("step", 0) > self.cfg.rl.steps:
+            raise ValueError(f"rl.steps: the run in {self.out} is at RL step {state['step']}; resume it with "
+                             f"rl.steps >= {state['step']}")
 
     # ---------------------------------------------------------------- driver
     def run(self, *, stop_after: int | None = None) -> dict[str, Any]:
@@ -166,9 +170,6 @@ class Trainer:
         if self.resume_from is not None:
             self.state = load_trainer_state(self.resume_from, None, self.task_rng)
             resume_step = self.state["global_step"]
-            if self.state["phase"] != "sft" and self.state["step"] > self.cfg.rl.steps:
-                raise ValueError(f"rl.steps: the run in {self.out} is at RL step {self.state['step']}; resume it "
-                                 f"with rl.steps >= {self.state['step']}")
             if self.state["phase"] == "done" and self.state["step"] < self.cfg.rl.steps:
                 self.state["phase"] = "rl"  # a finished run extended with more steps
         self.logger = MetricsLogger(
