@@ -101,19 +101,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-RECORDED = "default: the run's recorded value"
+RECORDED = "default: the run's recorded"
 TASK_PARAM_HELP = ("task option key=value (repeatable; JSON values, else text), e.g. --task-param mistake_rate=0.1; "
                    "added to the run's recorded task_params when the task is the run's")
 # options shared by the commands that load a checkpoint and a task
 CHECKPOINT = typer.Option(..., help="a checkpoint (a transformers model folder), a run folder or its "
                                     "checkpoints/latest (the newest checkpoint)")
-TASK = typer.Option(None, help=f"task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH ({RECORDED}, "
+TASK = typer.Option(None, help=f"task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH ({RECORDED} task, "
                                "else chain_sum)")
 TASK_PARAMS = typer.Option([], "--task-param", help=TASK_PARAM_HELP)
 TEMPERATURE = typer.Option(None, min=1e-6, help=f"sampling temperature ({RECORDED} rl.temperature, else 1.0)")
 MAX_NEW_TOKENS = typer.Option(None, min=1, help=f"token budget of a response ({RECORDED} rl.max_new_tokens, "
                                                 "else 48)")
-SEED = typer.Option(None, help=f"the training seed: selects the same held-out set as training ({RECORDED}, else 0)")
+SEED = typer.Option(None, help=f"the training seed: selects the same held-out set as training ({RECORDED} seed, "
+                               "else 0)")
 
 
 def _task_params(items: list[str]) -> dict[str, Any]:
@@ -282,8 +283,9 @@ def evaluate_checkpoint(
     temperature: float | None = TEMPERATURE,
     max_new_tokens: int | None = MAX_NEW_TOKENS,
     seed: int | None = SEED,
-    verifier_timeout: float | None = typer.Option(None, min=0, help="seconds a verifier may take per response "
-                                                                    f"({RECORDED}, else 2; 0: no limit)"),
+    verifier_timeout: float | None = typer.Option(
+        None, min=0, help=f"seconds a verifier may take per response ({RECORDED} verifier_timeout, else 2; "
+                          "0: no limit)"),
 ) -> None:
     """Greedy accuracy and pass@k of a checkpoint on its run's held-out set, as the run evaluated it.
 
