@@ -225,11 +225,21 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: data}
 
 
+def _normalized(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with today's defaults for fields it predates (so a newer version's new field is not a
+    difference); as recorded when it no longer validates."""
+    try:
+        return TrainConfig.model_validate(config).model_dump(mode="json")
+    except (ValidationError, ValueError):
+        return config
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = SAFE_TO_CHANGE
                        ) -> dict[str, tuple[Any, Any]]:
     """`{dotted key: (old, new)}` for every leaf where two config dumps differ, except keys in (or under) `ignore`.
-    A key only one side has is compared with `<absent>`."""
-    a, b = _flat(old), _flat(new)
+    Fields a recorded config predates count as their defaults; a key only one side has is compared with
+    `<absent>`."""
+    a, b = _flat(_normalized(old)), _flat(_normalized(new))
     ignored = tuple(ignore)
     out = {}
     for key in sorted(set(a) | set(b)):
