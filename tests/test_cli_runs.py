@@ -56,11 +56,12 @@ def test_a_yaml_syntax_error_is_one_line(tmp_path):
     (["task_params.no_such_option=1"], "chain_sum: invalid options {'no_such_option': 1}"),
     (["recipe_overrides.advantag=grpo"], "recipe_overrides: advantag: unknown field"),
     (["recipe_overrides.objective_params.clip_low=-0.2"], "objective 'ppo_clip': clip_low, clip_high: expected"),
-    (["model.path=/nonexistent/modle"], "model.path: '/nonexistent/modle' is not a local model folder"),
+    (["model.path={tmp}/modle"], "model.path: '{tmp}/modle' is not a local model folder"),
 ])
 def test_bad_training_input_is_one_line(tmp_path, extra, message):
-    one_clear_line(invoke(*train_args(tmp_path / "run", *extra)), message)
-    assert not (tmp_path / "run").exists()  # refused before anything was written
+    extra = [item.replace("{tmp}", str(tmp_path)) for item in extra]
+    one_clear_line(invoke(*train_args(tmp_path / "run", *extra)), message.replace("{tmp}", str(tmp_path)))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "modle").exists()  # refused before anything written
 
 
 def test_cuda_without_cuda_is_one_line(tmp_path, monkeypatch):
