@@ -19,8 +19,9 @@ from rich.table import Table
 import tokencredit as tc
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Token-level credit assignment for RL.")
-console = Console()
-err_console = Console(stderr=True)  # errors, warnings and notes: stdout keeps the results (tables, JSON)
+# soft_wrap: paths and commands in messages stay on one line, so they can be copied (tables still fit the width)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors, warnings and notes: stdout keeps the results
 _DEBUG = {"on": False}
 
 
