@@ -239,8 +239,9 @@ def demo(
                       f"{row['seconds']:.0f}")
     console.print(table)
     runs = " ".join(str(out / name) for name in names)
-    console.print(escape(f"next: tokencredit compare {runs}; which tokens got the credit: tokencredit inspect "
-                         f"--checkpoint {out / names[0]}"))
+    console.print(escape(f"next: tokencredit compare {runs}"))
+    console.print(escape(f"which tokens got the credit: tokencredit inspect {out / names[0]} --out "
+                         f"{out / 'inspect.html'}"))
 
 
 @app.command()
@@ -317,6 +318,10 @@ def critical(
         None, exists=True, dir_okay=False,
         help="search recorded responses instead of sampling: JSONL, one {prompt, response_ids or response, answer} "
              "per line (see docs/critical.md)"),
+    records: Path | None = typer.Option(
+        None, "--records", file_okay=False,
+        help="search a run's recorded responses (its group records, see docs/inspect.md) instead of sampling; "
+             "the output feeds `tokencredit inspect RUN --critical`"),
     k: int = typer.Option(64, min=1, help="continuations sampled per prefix"),
     mode: str = typer.Option("scan", help="scan: every prefix (the paper); binary: bisection, assumes one collapse"),
     counterfactual: bool = typer.Option(
@@ -341,7 +346,22 @@ def critical(
     run = _run_settings(checkpoint, task, task_param, seed=seed, temperature=temperature,
                         max_new_tokens=max_new_tokens)
     _note_settings(run, "critical tokens")
-    if responses is None:
+    places: dict[int, dict[str, int]] = {}  # --records: a line's place in the records (step, group, response)
+    if responses is not None and records is not None:
+        _fail("--responses and --records: give one of them")
+    if records is not None:
+        import tempfile
+
+        from tokencredit.inspect.records import read_records, responses_jsonl
+
+        lines = responses_jsonl(read_records(records))
+        places = {n: {k: row[k] for k in ("step", "group", "response")} for n, row in enumerate(lines, 1)}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "responses.jsonl"
+            path.write_text("".join(json.dumps(row) + "\n" for row in lines), encoding="utf-8")
+            the_task, tokenizer, sampler, candidates = _recorded_responses(path, run)
+        source = f"read {len(candidates)} recorded responses of {records}"
+    elif responses is None:
         the_task, tokenizer, sampler, held_out = _held_out_sampler(run, prompts)
         with console.status(f"sampling {prompts} responses"):
             sampled = sampler.sample([e.prompt for e in held_out])
@@ -362,7 +382,7 @@ def critical(
         results = critical_tokens(_advancing(scorer, progress, bar, total), [e for _, e, *_ in failed],
                                   [tokens for _, _, tokens, _ in failed], k=k, mode=mode,
                                   counterfactual=counterfactual)
-    rows = [_critical_row(line, example, text, tokens, result, tokenizer, mode, k)
+    rows = [_critical_row(line, example, text, tokens, result, tokenizer, mode, k) | places.get(line, {})
             for (line, example, tokens, text), result in zip(failed, results)]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -417,21 +437,42 @@ def _number(value: float | None, *, digits: int = 3, signed: bool = False) -> st
 @app.command("inspect")
 @_reported
 def inspect_credit(
-    checkpoint: Path = CHECKPOINT,
+    run_folder: Path | None = typer.Argument(None, metavar="[RUN]",
+                                             help="a run folder with group records (records/step-*.json): writes "
+                                                  "the inspector page of the run"),
+    checkpoint: Path | None = typer.Option(None, help="instead of RUN: sample a checkpoint (a model folder, a run "
+                                                      "folder or its checkpoints/latest) and compare --recipes"),
+    diff: Path | None = typer.Option(None, help="with RUN: another run folder whose records hold the same groups "
+                                                "(another recipe or checkpoint): diff mode"),
+    critical_file: Path | None = typer.Option(None, "--critical", exists=True, dir_okay=False,
+                                              help="with RUN: the JSONL of `tokencredit critical --records RUN`; "
+                                                   "marks each response's critical token"),
     task: str | None = TASK,
     task_param: list[str] = TASK_PARAMS,
-    recipes: str = typer.Option("grpo,tempo,forking,spo_chain", help="comma-separated presets to compare"),
-    prompts: int = typer.Option(4, min=1, help="held-out prompts"),
+    recipes: str = typer.Option("grpo,tempo,forking,spo_chain", help="with --checkpoint: presets to compare"),
+    prompts: int = typer.Option(4, min=1, help="with --checkpoint: held-out prompts"),
     group_size: int | None = typer.Option(None, min=2, help=f"responses sampled per prompt ({RECORDED} "
                                                             "rl.group_size, else 8)"),
     progress: float = typer.Option(0.0, min=0.0, max=1.0, help="training progress for scheduled parameters"),
     temperature: float | None = TEMPERATURE,
     max_new_tokens: int | None = MAX_NEW_TOKENS,
     seed: int | None = SEED,
-    out: Path = typer.Option(Path("token_credit.html"), help="the HTML report"),
+    out: Path = typer.Option(Path("token_credit.html"), help="the HTML report (a large run: also OUT-2.html, ...)"),
 ) -> None:
-    """Which tokens get the credit: one batch of sampled responses, each recipe's per-token credit, as HTML."""
+    """Which tokens get the credit: a run's recorded groups (RUN), or one sampled batch under several recipes.
+
+    With RUN: the inspector page of the run's group records (docs/inspect.md), self-contained, split by step
+    range into files of at most 2 MB. With --checkpoint: samples held-out prompts and shows each recipe's
+    per-token credit."""
     import random
+
+    if (run_folder is None) == (checkpoint is None):
+        _fail("inspect: give a run folder (RUN) or --checkpoint, exactly one")
+    if run_folder is None and (diff is not None or critical_file is not None):
+        _fail("--diff and --critical go with a run folder (RUN), not --checkpoint")
+    if run_folder is not None:
+        _inspect_run(run_folder, out, diff, critical_file)
+        return
 
     from tokencredit.inspect.report import credit_report, token_pieces
     from tokencredit.needs import merge
@@ -475,6 +516,27 @@ def inspect_credit(
                       f"{row['top_share']:.0%}")
     console.print(table)
     console.print(f"wrote {escape(str(out))}")
+
+
+def _inspect_run(run: Path, out: Path, diff: Path | None, critical_file: Path | None) -> None:
+    """`tokencredit inspect RUN`: the inspector page(s) of the run's group records."""
+    from tokencredit.inspect.page import render_pages
+    from tokencredit.inspect.records import read_critical, read_records
+    from tokencredit.inspect.runs import load_metrics
+
+    if not run.is_dir():
+        _fail(f"RUN: {run} is not a folder (expected a `tokencredit train` or demo run folder)")
+    records = read_records(run)
+    metrics = load_metrics(run) if (run / "metrics.jsonl").is_file() else []
+    other = read_records(diff) if diff is not None else None
+    critical = read_critical(critical_file) if critical_file is not None else None
+    recipes = sorted({r.recipe for r in records})
+    title = f"token credit: {run.name} ({', '.join(recipes)})" + (f" vs {diff.name}" if diff is not None else "")
+    paths = render_pages(records, out, title=title, metrics=metrics, other=other,
+                         other_name=diff.name if diff is not None else "", critical=critical)
+    groups = sum(len(r.groups) for r in records)
+    sizes = ", ".join(f"{p} ({p.stat().st_size / 1e6:.2f} MB)" for p in paths)
+    console.print(escape(f"{len(records)} recorded steps, {groups} groups; wrote {sizes}"))
 
 
 def _progress() -> Progress:

@@ -64,6 +64,15 @@ class EvalConfig(_Strict):
     pass_k_size: int = Field(100, ge=1, description="held-out examples (the first ones) that pass@k samples")
 
 
+class RecordsConfig(_Strict):
+    """Group records for `tokencredit inspect RUN` (docs/inspect.md): every `every` RL steps, `groups` sampled
+    groups of the batch with every per-token quantity, in `out/records/` (a file at most `max_bytes`)."""
+
+    every: int = Field(0, ge=0, description="RL steps between records; 0: none")
+    groups: int = Field(2, ge=1, description="groups recorded per recorded step")
+    max_bytes: int = Field(1_000_000, ge=1000, description="largest record file; groups are left out to fit")
+
+
 class LogConfig(_Strict):
     tensorboard: bool = True
     wandb: bool = False
@@ -89,6 +98,7 @@ class TrainConfig(_Strict):
     critic: CriticConfig = Field(default_factory=CriticConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    records: RecordsConfig = Field(default_factory=RecordsConfig)
 
     @field_validator("recipe")
     @classmethod
@@ -173,8 +183,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # ---------------------------------------------------------------------------------------------- run record
 RUN_RECORD = "run_config.json"  # in every run folder and checkpoint: the resolved config and the version
 # fields a resumed run may change: where the run lives, how it is logged, how fast it runs, when it checkpoints,
-# and rl.steps (to extend a finished run or stop earlier). Everything else defines the experiment.
-SAFE_TO_CHANGE = ("out", "rl.steps", "log", "threads", "device", "checkpoint_every")
+# rl.steps (to extend a finished run or stop earlier) and what it records for inspect. Everything else defines
+# the experiment.
+SAFE_TO_CHANGE = ("out", "rl.steps", "log", "threads", "device", "checkpoint_every", "records")
 
 
 def run_record(cfg: TrainConfig) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tokencredit.train.trainer import train
 
 DEMO_RECORD = "demo.json"  # the demo's settings (its config before the per-preset recipe), in the demo folder
 # what may differ between two demos in one folder: where it lives, how it logs and how fast it runs
-DEMO_SAFE_TO_CHANGE = ("out", "recipe", "log", "threads", "device", "checkpoint_every")
+DEMO_SAFE_TO_CHANGE = ("out", "recipe", "log", "threads", "device", "checkpoint_every", "records")
 
 
 def demo_config(out: Path, **overrides: Any) -> TrainConfig:
@@ -39,6 +39,7 @@ def demo_config(out: Path, **overrides: Any) -> TrainConfig:
         "eval": {"every": 10, "size": 200, "pass_k": 4, "pass_k_size": 50},
         "checkpoint_every": 20,
         "log": {"progress": False},
+        "records": {"every": 5, "groups": 2},
     }
     for key, value in overrides.items():
         if isinstance(value, dict):

@@ -24,6 +24,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
+from tokencredit.inspect.records import records_from_tensors, sample_groups, write_records
+from tokencredit.inspect.report import token_pieces
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.recipes import Recipe, recipe
 from tokencredit.rollouts import Credit
@@ -347,9 +349,27 @@ class Trainer:
         batch = self.providers.collect(self.providers.prompts.next(cfg.prompts_per_step), needs, step=step,
                                        signals=signals)
         credit = self.recipe.credit(batch.rollouts, **signals)
+        every = self.cfg.records.every
+        if every and step % every == 0:
+            self._record(batch, credit, step + 1)
         started = time.time()
         stats, learned, trained_tokens = self._update(batch, credit, step)
         return self._step_record(batch, credit, stats, learned, trained_tokens, time.time() - started)
+
+    def _record(self, batch: Batch, credit: Credit, step: int) -> None:
+        """Write a few sampled groups of RL step `step`'s batch (numbered as logged: the first is 1), every per-token
+        quantity, for `tokencredit inspect RUN`."""
+        r = batch.rollouts
+        token_text = [token_pieces(self.tokenizer, row[keep].tolist()) for row, keep in zip(r.tokens, r.mask)]
+        groups = sample_groups(r.group, self.cfg.records.groups, seed=self.cfg.seed * 1_000_003 + step)
+        record = records_from_tensors(
+            step=step, recipe=self.recipe.name, prompts=[e.prompt for e in batch.examples], group=r.group,
+            mask=r.mask, tokens=r.tokens, reward=r.reward, token_text=token_text, groups=groups,
+            answers=[e.answer for e in batch.examples], source_indices=[e.source_index for e in batch.examples],
+            truncated=r.truncated, keep=credit.keep, token_keep=credit.token_keep, source="tokencredit train",
+            logprob=r.logprob, ref_logprob=r.ref_logprob, entropy=r.entropy, advantage=credit.advantage,
+            weight=credit.weight, value=r.value)
+        write_records(self.out, record, self.cfg.records.max_bytes)
 
     def _update(self, batch: Batch, credit: Credit, step: int) -> tuple[dict[str, float], dict[str, float], int]:
         """PPO epochs over shuffled minibatches of the kept responses; each minibatch is one optimizer step of the
