@@ -19,8 +19,8 @@ import pytest
 
 from tokencredit.models import create_tiny_model
 
-# lane name -> the module that must import in that lane
-ENGINES = {"trl": "trl", "verl": "verl", "vllm": "vllm"}
+# lane name -> the module that must import in that lane (the browser lane: the inspector page in Chromium)
+ENGINES = {"trl": "trl", "verl": "verl", "vllm": "vllm", "browser": "playwright"}
 
 LANE = os.environ.get("TOKENCREDIT_LANE", "")
 if LANE and LANE not in ENGINES:
