@@ -53,3 +53,49 @@ def test_inspect_samples_what_the_recipes_need(small_checkpoint, tmp_path):
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "credit over 12 responses to 2 prompts" in result.output  # 6 first-level segments per prompt
+
+
+def _run_folder(tmp_path):
+    import json
+
+    from group_records import synthetic_step
+
+    from tokencredit.inspect.records import write_records
+
+    run = tmp_path / "run"
+    for step in (1, 6):
+        write_records(run, synthetic_step(step, seed=step), max_bytes=10**7)
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"phase": "rl", "step": s, "reward": s / 10, "accuracy": s / 20, "kept_frac": 1.0, "entropy": 0.5})
+        + "\n" for s in range(1, 7)))
+    return run
+
+
+def test_inspect_run_writes_the_inspector_page(tmp_path):
+    run = _run_folder(tmp_path)
+    out = tmp_path / "pages" / "run.html"
+    result = CliRunner().invoke(app, ["inspect", str(run), "--out", str(out), "--diff", str(run)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and '"diff":true' in page and "<polyline" in page
+    assert "2 recorded steps, 4 groups; wrote" in result.output and "MB)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give a run folder (RUN) or --checkpoint, exactly one"),
+        (["RUN", "--checkpoint", "RUN"], "give a run folder (RUN) or --checkpoint, exactly one"),
+        (["--checkpoint", "RUN", "--diff", "RUN"], "--diff and --critical go with a run folder"),
+        (["EMPTY"], "has no group records"),
+        (["MISSING"], "is not a folder"),
+    ],
+)
+def test_inspect_run_bad_input_exits_2(tmp_path, args, message):
+    run = _run_folder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    names = {"RUN": str(run), "EMPTY": str(tmp_path / "empty"), "MISSING": str(tmp_path / "nope")}
+    result = CliRunner().invoke(app, ["inspect", *[names.get(a, a) for a in args]], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1

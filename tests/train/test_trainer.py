@@ -178,3 +178,23 @@ def test_d3s_trains_on_a_down_sampled_batch(tmp_path):
     summary = train(tiny_config(tmp_path / "run", "recipe=d3s", "sft.steps=0", "rl.steps=2"))
     kept = [r["kept_frac"] for r in _records(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "rl"]
     assert summary["finished"] and kept[0] == 0.5  # step 0 (progress 0) keeps half the batch
+
+
+def test_records_every_n_steps_hold_the_batch_as_trained(tmp_path):
+    from tokencredit.inspect.records import read_records
+
+    train(tiny_config(tmp_path / "run", "rl.steps=3", "records.every=2", "records.groups=1"))
+    records = read_records(tmp_path / "run")
+    assert [r.step for r in records] == [1, 3] and all(r.recipe == "grpo" for r in records)
+    for record in records:
+        [group] = record.groups
+        assert len(group.responses) == 4 and group.answer is not None and "+" in group.prompt
+        rewards = [r.reward for r in group.responses]
+        for r in group.responses:
+            assert len(r.ids) == len(r.text) == len(r.node) == len(r.channels["logprob"]) > 0
+            assert set(r.channels) >= {"logprob", "advantage", "weight"}
+            assert len(set(r.channels["advantage"])) == 1  # GRPO: one advantage per response
+            if len(set(rewards)) == 1:
+                assert r.channels["advantage"][0] == 0.0
+        firsts = {r.ids[0] for r in group.responses}
+        assert len({r.node[0] for r in group.responses}) == len(firsts)  # same first token, same node
