@@ -59,7 +59,6 @@ def _run_folder(tmp_path):
     import json
 
     from group_records import synthetic_step
-
     from tokencredit.inspect.records import write_records
 
     run = tmp_path / "run"

@@ -161,3 +161,22 @@ def test_two_processes_give_the_single_process_gradient(tiny_model, tmp_path):
          str(tiny_model), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert result.stdout.count("exact gradient") == 4, result.stdout  # 2 recipes × 2 ranks
+
+
+def test_records_option_writes_group_records(tiny_model, tmp_path):
+    from tokencredit.inspect.records import read_records
+
+    settings = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+                    per_device_train_batch_size=8, num_generations=4, max_completion_length=8, max_steps=2,
+                    learning_rate=1e-3, seed=0)
+    trainer = TokenCreditGRPOTrainer(model=str(tiny_model), reward_funcs=reward_of_ids, args=GRPOConfig(**settings),
+                                     train_dataset=Dataset.from_dict({"prompt": PROMPTS * 4}), recipe="tempo",
+                                     records_every=1, records_groups=1)
+    trainer.train()
+    records = read_records(tmp_path / "out")
+    assert [r.step for r in records] == [1, 2] and records[0].source == "TRL's GRPOTrainer"
+    [group] = records[0].groups
+    assert group.prompt in PROMPTS and len(group.responses) == 4
+    for r in group.responses:
+        assert len(r.ids) == len(r.text) == len(r.channels["advantage"]) == len(r.node)
+        assert r.reward == float(r.ids[0] % 2)

@@ -22,6 +22,8 @@ averaged gradient is the gradient of the recipe's loss on the whole batch.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,8 +65,16 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
     replaces TRL's advantages and loss (`loss_type`, `epsilon`, `epsilon_high`, `scale_rewards` and `delta` are
     not used; the recipe's objective parameters are)."""
 
-    def __init__(self, *args: Any, recipe: Recipe | str = "grpo", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, recipe: Recipe | str = "grpo", records_every: int = 0, records_groups: int = 2,
+                 records_max_bytes: int = 1_000_000, **kwargs: Any) -> None:
+        """`records_every` > 0: every that many generation batches, the main process writes `records_groups`
+        sampled groups with every per-token quantity to `args.output_dir/records/` (the group-record format of
+        `tokencredit inspect RUN`, docs/inspect.md)."""
         self.recipe = _as_recipe(recipe)
+        if records_every < 0 or records_groups < 1:
+            raise ValueError(f"TokenCreditGRPOTrainer: records_every >= 0 and records_groups >= 1, got "
+                             f"{records_every} and {records_groups}")
+        self.records = {"every": records_every, "groups": records_groups, "max_bytes": records_max_bytes}
         super().__init__(*args, **kwargs)
         check_recipe(self.recipe, self.args)
 
@@ -101,11 +111,34 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
         n = mask.shape[0]
         mine = torch.arange(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n,
                            device=mask.device)
+        if train and self.records["every"] and self.state.global_step % self.records["every"] == 0:
+            self._write_records(inputs, rollouts, credit)
         part = credit.select(mine).narrow(mask.shape[1])
         out.update(tc_advantage=part.advantage, tc_weight=part.weight, tc_keep=part.keep,
                    tc_token_keep=part.token_keep, tc_coef=coef[mine],
                    tc_progress=torch.tensor(progress, device=mask.device))
         return out
+
+    def _write_records(self, inputs: list[dict[str, Any]], rollouts: Rollouts, credit: Credit) -> None:
+        """Group records of the gathered generation batch (main process), step numbered as TRL's global step + 1."""
+        from accelerate.utils import gather_object
+
+        from tokencredit.inspect.records import records_from_tensors, sample_groups, write_records
+        from tokencredit.inspect.report import token_pieces
+
+        prompts = gather_object([p if isinstance(p := x["prompt"], str) else json.dumps(p) for x in inputs])
+        if not self.accelerator.is_main_process:
+            return
+        r = rollouts
+        text = [token_pieces(self.processing_class, row[keep].tolist()) for row, keep in zip(r.tokens, r.mask)]
+        step = self.state.global_step + 1
+        record = records_from_tensors(
+            step=step, recipe=self.recipe.name, prompts=prompts, group=r.group, mask=r.mask, tokens=r.tokens,
+            reward=r.reward, token_text=text, groups=sample_groups(r.group, self.records["groups"], seed=step),
+            truncated=r.truncated, keep=credit.keep, token_keep=credit.token_keep, source=ENGINE,
+            logprob=r.logprob, ref_logprob=r.ref_logprob, entropy=r.entropy, advantage=credit.advantage,
+            weight=credit.weight)
+        write_records(Path(self.args.output_dir), record, self.records["max_bytes"])
 
     @torch.no_grad()
     def _behaviour(self, out: dict[str, Any], compute_entropy: bool) -> dict[str, Tensor]:
