@@ -144,3 +144,33 @@ def test_eval_accepts_task_params(small_checkpoint):
     assert '"accuracy"' in result.output
     bad = CliRunner().invoke(app, [*args[:-1], "num_terms"], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "--task-param" in bad.output
+
+
+def test_critical_over_a_runs_records_feeds_the_inspector(small_checkpoint, tmp_path):
+    import torch
+
+    from tokencredit.inspect.records import read_critical, records_from_tensors, write_records
+
+    tokens = torch.randint(10, 20, (4, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    record = records_from_tensors(step=6, recipe="grpo", prompts=["1+2="] * 2 + ["3+4="] * 2,
+                                  group=torch.tensor([0, 0, 1, 1]), mask=mask, tokens=tokens,
+                                  reward=torch.tensor([0.0, 1.0, 0.0, 0.0]), token_text=[["x"] * 6] * 4,
+                                  answers=["3", "3", "7", "7"])
+    run = tmp_path / "run"
+    write_records(run, record, max_bytes=10**6)
+    out = tmp_path / "critical.jsonl"
+    args = ["critical", "--checkpoint", str(small_checkpoint), "--records", str(run), "--k", "2",
+            "--max-new-tokens", "8", "--out", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # the verifier scores afresh: the untrained model's random tokens fail, all four
+    assert [(r["step"], r["group"], r["response"]) for r in rows] == [(6, 0, 0), (6, 0, 1), (6, 1, 0), (6, 1, 1)]
+    assert "read 4 recorded responses of" in result.output
+    found = read_critical(out).index
+    assert all(found[(r["step"], r["group"], r["response"])] == r["index"] for r in rows if r["index"] is not None)
+    page = tmp_path / "page.html"
+    result = CliRunner().invoke(app, ["inspect", str(run), "--critical", str(out), "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    assert ('"cr":' in page.read_text(encoding="utf-8")) == bool(found)
