@@ -22,6 +22,9 @@ def test_demo_writes_summary_and_plot(tmp_path):
         assert 0 <= row["final_accuracy"] <= 1 and row["seconds"] > 0
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
     assert (tmp_path / "grpo" / "metrics.jsonl").is_file()
+    from tokencredit.inspect.records import read_records
+
+    assert [r.step for r in read_records(tmp_path / "dapo")] == [1]  # the demo records every 5 RL steps from 1
     # the folder now holds this demo: another seed or step count is refused before anything runs, naming it
     with pytest.raises(ValueError, match=r"holds another demo \(rl.steps \(1 → 2\), seed \(0 → 1\)\); pass --fresh"):
         run_demo(tmp_path, ["grpo"], seed=1, model={"tiny": TINY}, sft={"steps": 2, "batch_size": 4},
@@ -46,3 +49,29 @@ def test_fresh_deletes_only_what_the_other_demo_wrote(tmp_path):
     assert json.loads((tmp_path / "demo.json").read_text())["presets"] == ["grpo", "tempo", "dapo"]
     with pytest.raises(ValueError, match=r"another demo \(task_params.mistake_rate \(0.1 → 0.3\)\)"):
         prepare_demo_folder(tmp_path, demo_config(tmp_path, task_params={"mistake_rate": 0.3}), ["grpo"])
+
+
+def test_demo_ends_with_an_inspect_command_that_writes_the_page_of_its_run(tmp_path, monkeypatch):
+    import shlex
+
+    from typer.testing import CliRunner
+
+    import tokencredit.train.demo as demo
+    from tokencredit.cli import app
+
+    small = {"model": {"tiny": TINY}, "sft": {"steps": 2, "batch_size": 4},
+             "rl": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8, "minibatch_size": 4,
+                    "micro_batch_size": 4}, "eval": {"every": 1, "size": 4, "pass_k": 2, "pass_k_size": 2}}
+    real = demo.run_demo
+    monkeypatch.setattr(demo, "run_demo", lambda out, names, **kw: real(out, names, **{**kw, **small}))
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--presets", "grpo", "--workers", "1"],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    command = shlex.split(last.split(": ", 1)[1])
+    assert command[:2] == ["tokencredit", "inspect"]
+    result = CliRunner().invoke(app, command[1:])
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "d" / "inspect.html"
+    assert page.is_file() and "tokencredit.records" not in page.read_text() and '"steps":[{"step":1' in \
+        page.read_text()
