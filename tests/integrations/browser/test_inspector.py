@@ -174,7 +174,7 @@ def test_a_malicious_token_is_text(page):
         texts += page.page.eval_on_selector_all(".responses .tok", "els => els.map(e => e.textContent)")
     assert shown in texts
     assert page.page.locator("img").count() == 0 and page.page.title() == "synthetic"
-    assert page.page.locator(".prompt").inner_text() == "prompt <b>0</b> & co"
+    assert page.page.locator(".prompt").inner_text() == "prompt <b>1</b> & co"  # the last group selected
 
 
 def test_view_state_survives_a_reload_through_the_hash(page):
