@@ -72,11 +72,11 @@ def test_pages_are_deterministic_and_carry_every_token(tmp_path):
 
 def test_a_large_run_is_split_into_linked_files_under_the_limit(tmp_path):
     records = [synthetic_step(s, groups=3, length=300, seed=s) for s in (1, 6, 11)]
-    paths = render_pages(records, tmp_path / "run.html", title="t", max_bytes=250_000)
+    paths = render_pages(records, tmp_path / "run.html", title="t", max_bytes=100_000)
     assert len(paths) > 1 and paths[1].name == "run-2.html"
     for p in paths:
         page = p.read_text(encoding="utf-8")
-        assert len(page.encode()) <= 250_000
+        assert len(page.encode()) <= 100_000
         assert all(f'href="{q.name}"' in page for q in paths if q != p)
     steps = [s["step"] for p in paths for s in _data(p.read_text(encoding="utf-8"))["steps"]]
     assert steps == sorted(steps) and set(steps) == {1, 6, 11}

@@ -155,17 +155,18 @@ def render_pages(records: Sequence[StepRecord], out: Path, *, title: str, metric
     `max_bytes`), each self-contained and linked to the others; returns their paths. `other` (records of the
     same groups from another run: another recipe or checkpoint) turns on diff mode where steps and responses
     match; `critical` marks critical tokens."""
-    chunks = _chunks(records, other, critical, max_bytes)
+    curve = curves(metrics)
+    reserved = _overhead() + len(json.dumps(curve)) + 3 * len(title.encode()) + 100 * len(records)  # links
+    chunks = _chunks(records, other, critical, max_bytes - reserved)
     paths = [out if n == 0 else out.with_name(f"{out.stem}-{n + 1}{out.suffix}") for n in range(len(chunks))]
     links = [{"href": p.name, "label": _label(chunk)} for p, chunk in zip(paths, chunks)]
-    curve = curves(metrics)
     others = {r.step: r for r in other} if other is not None else {}
     for n, (path, chunk) in enumerate(zip(paths, chunks)):
         text = _render(chunk, others, critical, title, curve, links, n, other_name, full=True)
         size = len(text.encode())
         if size > max_bytes:
-            raise ValueError(f"inspect: one group of step {chunk[0][0].step} needs {size} bytes, more than the "
-                             f"{max_bytes} a page may have")
+            raise ValueError(f"inspect: the page of {_label(chunk)} needs {size} bytes, more than the {max_bytes} a "
+                             "page may have (one group alone is too large: record fewer or shorter responses)")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return paths
@@ -190,27 +191,32 @@ def _render(chunk: Chunk, others: dict[int, StepRecord], critical: Critical | No
                                           for r in g.responses)]
     data = {"strings": strings.table(), "steps": steps, "channels": present, "otherName": other_name,
             "diff": bool(others), "full": full}
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    # inside <script type="application/json">: "<" never appears raw, so no token text can close the element
-    payload = payload.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    payload = _json(data)
     script, style = _assets()
     return _ENV.get_template("page.html.j2").render(title=title, data=payload, curves=curve, links=links,
                                                     current=current, script=script, style=style, full=full)
 
 
+def _json(data: Any) -> str:
+    """JSON as the page embeds it: inside <script type="application/json">, "<" never appears raw, so no token
+    text can close the element."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
 def _chunks(records: Sequence[StepRecord], other: Sequence[StepRecord] | None, critical: Critical | None,
-            max_bytes: int) -> list[Chunk]:
-    """Steps (and, for a step too large alone, its groups) packed in order into files under `max_bytes`, by the
-    size of each group's data in the page (measured)."""
+            budget: int) -> list[Chunk]:
+    """Steps (and, for a step too large alone, its groups) packed in order into files whose data is at most
+    `budget` bytes, by the size of each group's data in the page (measured; its strings counted in full)."""
     others = {r.step: r for r in other} if other is not None else {}
-    budget = max_bytes - _overhead()
     chunks: list[Chunk] = [[]]
     used = 0
     for record in records:
         for g in record.groups:
             one = StepRecord(record.step, record.recipe, [g], record.source)
-            size = len(json.dumps(_step_data(one, [g], _Strings(), others.get(record.step), critical)))
-            size += sum(len(json.dumps(t)) + 8 for r in g.responses for t in set(r.text))  # its strings, at most
+            strings = _Strings()
+            size = len(_json(_step_data(one, [g], strings, others.get(record.step), critical)).encode())
+            size += len(_json(strings.table()).encode())  # shared with other groups in a file: at most this
             if chunks[-1] and used + size > budget:
                 chunks.append([])
                 used = 0
@@ -225,10 +231,10 @@ def _chunks(records: Sequence[StepRecord], other: Sequence[StepRecord] | None, c
 
 
 def _overhead() -> int:
-    """Bytes of a page around its data: the template, script and style, with room for titles and curves."""
+    """Bytes of a page around its data and curves: the template, script and style, and a margin."""
     folder = resources.files("tokencredit.inspect").joinpath("templates")
     return sum(len(folder.joinpath(name).read_bytes()) for name in ("page.html.j2", "inspect.js", "inspect.css")) \
-        + 40_000
+        + 10_000
 
 
 def report_html(records: Sequence[StepRecord], *, title: str = "token credit") -> str:
