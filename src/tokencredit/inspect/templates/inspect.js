@@ -301,10 +301,12 @@
       c.setAttribute("fill", colour(n[4] * 2 - 1, { diverging: true, lo: -1, hi: 1 }));
       c.setAttribute("stroke", "#555");
       node.appendChild(c);
+      // the node's numbers under its edge (the root's beside it): n responses, mean reward v, Δ at a fork
       const t = document.createElementNS(SVG, "text");
-      t.setAttribute("x", n[7] + 8);
+      const parent = n[0] >= 0 ? g.nodes[n[0]] : null;
+      t.setAttribute("x", parent ? parent[7] + 4 : n[7] + 8);
       t.setAttribute("y", n[8] + 11);
-      const delta = n[0] >= 0 && g.nodes[n[0]] && countChildren(g, n[0]) > 1 ? ` Δ${n[5] >= 0 ? "+" : ""}${fmt(n[5])}` : "";
+      const delta = parent && countChildren(g, n[0]) > 1 ? ` Δ${n[5] >= 0 ? "+" : ""}${fmt(n[5])}` : "";
       t.textContent = `n=${n[3]} v=${fmt(n[4])}${delta}`;
       if (delta) t.setAttribute("class", n[5] >= 0 ? "pos" : "neg");
       node.appendChild(t);
