@@ -143,6 +143,25 @@ def test_a_missing_input_names_the_verl_field():
         compute_advantage(data, adv_estimator="tc_tempo", config=algorithm_config("tc_tempo"))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_reward_is_refused_naming_its_rows(bad):
+    """A NaN or ±inf in verl's token_level_rewards at a response token (e.g. a reward function that failed) is
+    refused, naming the batch rows, before any credit is computed; outside the response mask it is never read."""
+    data = make_batch()
+    data.batch["token_level_rewards"][5, 0] = bad
+    data.batch["token_level_rewards"][9, 0] = bad
+    message = (r"tokencredit \(verl\) tc_grpo: verl's batch \(token_level_rewards is Rollouts.reward.*\): "
+               r"Rollouts.reward: expected finite rewards, got NaN or ±inf in rows \[5, 9\]")
+    with pytest.raises(ValueError, match=message):
+        compute_advantage(data, adv_estimator="tc_grpo", config=algorithm_config("tc_grpo"))
+    padded = make_batch()
+    mask = padded.batch["response_mask"].bool()
+    row = int((~mask).any(-1).nonzero()[0])
+    padded.batch["token_level_rewards"][row, -1] = bad  # a padding position of a short response
+    out = compute_advantage(padded, adv_estimator="tc_grpo", config=algorithm_config("tc_grpo"))
+    assert torch.isfinite(out.batch["advantages"]).all()
+
+
 def test_estimator_and_recipe_must_agree():
     with pytest.raises(ValueError, match=re.escape("recipe 'tempo' computes the advantage 'tempo': set "
                                                    "algorithm.adv_estimator=tc_tempo")):

@@ -118,8 +118,12 @@ def estimate(advantage: str, token_level_rewards: Tensor, response_mask: Tensor,
     inputs = _lookup(wanted, source, mask, f"{PREFIX}{advantage} (recipe {rcp.name!r})")
     if "truncated" in needs.inputs and s.budget is not None:
         inputs["truncated"] = token_count(mask, -1) >= s.budget
-    rollouts = Rollouts(group=group_ids(list(index)).to(mask.device), mask=mask, reward=token_level_rewards.float(),
-                        budget=s.budget, **inputs)
+    try:  # checked like any Rollouts: shapes, and finite rewards at the response tokens
+        rollouts = Rollouts(group=group_ids(list(index)).to(mask.device), mask=mask,
+                            reward=token_level_rewards.float(), budget=s.budget, **inputs)
+    except ValueError as err:
+        raise ValueError(f"tokencredit (verl) {PREFIX}{advantage}: verl's batch (token_level_rewards is "
+                         f"Rollouts.reward, rows are the batch's rows): {err}") from None
     credit = rcp.credit(rollouts, progress)
     folded = credit.folded()
     returns = folded

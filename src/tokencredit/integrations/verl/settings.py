@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from tokencredit.integrations.common import unsupported_needs
 from tokencredit.needs import INPUTS as INPUT_TEXT
-from tokencredit.recipes import PRESETS, Recipe, recipe
+from tokencredit.recipes import PRESETS, Recipe, recipe, validation_messages
 
 PREFIX = "tc_"
 ENGINE = "verl"
@@ -71,18 +73,25 @@ def read_settings(algorithm: Mapping | None, estimator: str | None = None, train
 
 
 def recipe_for(advantage: str, raw: Mapping[str, Any]) -> Recipe:
-    """The recipe `raw` selects for the estimator `tc_<advantage>` (see the module docstring)."""
+    """The recipe `raw` selects for the estimator `tc_<advantage>` (see the module docstring). Making it runs the
+    `Recipe`'s validation, including every stage's registered parameter check (`register(..., check=)`); a bad
+    field or value is a one-line `ValueError` starting `algorithm.tokencredit: <field>: ...`."""
     fields = {k: v for k, v in raw.items() if k not in PLUGIN_KEYS}
     name = raw.get("recipe")
     if name is None and advantage in PRESETS and recipe(advantage).advantage == advantage:
         name = advantage
-    if name is None:
-        rcp = Recipe(**{"name": f"{PREFIX}{advantage}", "advantage": advantage, **fields})
-    else:
-        preset = PRESETS.get(name, {})
-        merged = {k: {**preset[k], **v} if k.endswith("_params") and isinstance(v, dict) and k in preset else v
-                  for k, v in fields.items()}
-        rcp = recipe(name, **merged)
+    try:
+        if name is None:
+            rcp = Recipe(**{"name": f"{PREFIX}{advantage}", "advantage": advantage, **fields})
+        else:
+            preset = PRESETS.get(name, {})
+            merged = {k: {**preset[k], **v} if k.endswith("_params") and isinstance(v, dict) and k in preset else v
+                      for k, v in fields.items()}
+            rcp = recipe(name, **merged)
+    except ValidationError as err:
+        raise ValueError("algorithm.tokencredit: " + "; ".join(validation_messages(err))) from None
+    except ValueError as err:  # an unknown preset
+        raise ValueError(f"algorithm.tokencredit.{err}") from None
     if rcp.advantage != advantage:
         raise ValueError(f"algorithm.adv_estimator=tc_{advantage}, but recipe {rcp.name!r} computes the advantage "
                          f"{rcp.advantage!r}: set algorithm.adv_estimator=tc_{rcp.advantage}")
@@ -92,7 +101,12 @@ def recipe_for(advantage: str, raw: Mapping[str, Any]) -> Recipe:
 def check_config(config: Any) -> None:
     """At start-up: a `ValueError` listing every reason the trainer config `config` cannot run its tokencredit recipe
     exactly in verl (nothing when `algorithm.adv_estimator` is not a tokencredit estimator)."""
-    if not is_tokencredit(_select(config, "algorithm.adv_estimator")):
+    estimator = _select(config, "algorithm.adv_estimator")
+    if not is_tokencredit(estimator):
+        if _select(config, "algorithm.tokencredit") is not None:
+            raise ValueError(f"tokencredit (verl): algorithm.tokencredit is set but algorithm.adv_estimator="
+                             f"{estimator} is verl's own estimator: set algorithm.adv_estimator=tc_<the recipe's "
+                             "advantage> (e.g. tc_grpo)")
         return
     try:
         s = read_settings(_select(config, "algorithm"), trainer_config=config)
