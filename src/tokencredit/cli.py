@@ -62,6 +62,7 @@ TASK = typer.Option("chain_sum", help="task spec: chain_sum, digit_sort, reasoni
 TASK_PARAMS = typer.Option([], "--task-param", help=TASK_PARAM_HELP)
 TEMPERATURE = typer.Option(1.0, min=1e-6)
 SEED = typer.Option(0, help="the training seed (selects the same held-out set as training)")
+SAMPLER_HELP = "transformers, or vllm: a vLLM engine with the trainer's default `vllm` settings (docs/training.md)"
 
 
 def _task_params(items: list[str]) -> dict[str, Any]:
@@ -92,19 +93,31 @@ def _task_and_model(task: str, task_param: list[str], checkpoint: Path) -> tuple
 
 
 def _held_out_sampler(task: str, task_param: list[str], checkpoint: Path, prompts: int, temperature: float,
-                      max_new_tokens: int, seed: int) -> tuple[Any, Any, Any, list[Any]]:
+                      max_new_tokens: int, seed: int, sampler: str = "transformers") -> tuple[Any, Any, Any, list[Any]]:
     """The task, tokenizer, a sampler of the checkpoint's model, and `prompts` held-out examples (the set training
     evaluates on for `seed`); torch seeded with `seed`."""
-    import torch
-
-    from tokencredit.sampling import TransformersSampler
     from tokencredit.tasks import examples
     from tokencredit.train.trainer import EVAL_SEED_OFFSET
 
     the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
+    made = _sampler(sampler, model, tokenizer, checkpoint, temperature, max_new_tokens, seed)
+    return the_task, tokenizer, made, examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
+
+
+def _sampler(kind: str, model: Any, tokenizer: Any, checkpoint: Path, temperature: float, max_new_tokens: int,
+             seed: int) -> Any:
+    """`--sampler kind` of the checkpoint's model (vLLM with the trainer's default engine settings); torch seeded
+    with `seed`; exit 2 on an unknown kind."""
+    import torch
+
+    from tokencredit import sampling
+    from tokencredit.train.config import VLLMConfig
+
+    if kind not in sampling.SAMPLERS:
+        _fail(f"--sampler: expected one of {', '.join(sampling.SAMPLERS)}, got {kind!r}")
     torch.manual_seed(seed)
-    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
-    return the_task, tokenizer, sampler, examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
+    return sampling.make_sampler(kind, model, tokenizer, path=checkpoint, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, engine=VLLMConfig().engine(seed))
 
 
 @app.command()
@@ -179,12 +192,13 @@ def evaluate_checkpoint(
     temperature: float = TEMPERATURE,
     max_new_tokens: int = typer.Option(48, min=1),
     seed: int = SEED,
+    sampler_kind: str = typer.Option("transformers", "--sampler", help=SAMPLER_HELP),
 ) -> None:
     """Greedy accuracy and pass@k of a checkpoint on a task's held-out set."""
     from tokencredit.train.evaluate import evaluate
 
     the_task, _, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, size, temperature,
-                                                       max_new_tokens, seed)
+                                                       max_new_tokens, seed, sampler_kind)
     console.print_json(json.dumps(evaluate(sampler, the_task, held_out, pass_k=pass_k)))
 
 
@@ -209,6 +223,7 @@ def critical(
                                        help="token budget of a response (a continuation gets what its prefix left)"),
     seed: int = SEED,
     out: Path = typer.Option(Path("critical_tokens.jsonl"), help="one JSON line per failed response"),
+    sampler_kind: str = typer.Option("transformers", "--sampler", help=SAMPLER_HELP),
 ) -> None:
     """Critical tokens of a checkpoint's failed responses: where sampled continuations stop succeeding (cDPO)."""
     from tokencredit.analysis import critical_tokens
@@ -220,7 +235,7 @@ def critical(
         _fail(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
     if responses is None:
         the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts,
-                                                                   temperature, max_new_tokens, seed)
+                                                                   temperature, max_new_tokens, seed, sampler_kind)
         with console.status(f"sampling {prompts} responses"):
             sampled = sampler.sample([e.prompt for e in held_out])
         content = sampled.response_mask & (sampled.response_ids != tokenizer.eos_token_id)
@@ -229,7 +244,7 @@ def critical(
         source = f"sampled {prompts} responses"
     else:
         the_task, tokenizer, sampler, candidates = _recorded_responses(responses, task, task_param, checkpoint,
-                                                                       temperature, max_new_tokens, seed)
+                                                                       temperature, max_new_tokens, seed, sampler_kind)
         source = f"read {len(candidates)} responses from {responses}"
     rewards, _ = safe_score(the_task, [text for *_, text in candidates], [e for _, e, *_ in candidates])
     failed = [c for c, reward in zip(candidates, rewards.tolist()) if reward <= 0.5]
@@ -304,6 +319,7 @@ def inspect_credit(
     max_new_tokens: int = typer.Option(48, min=1, help="token budget of a response"),
     seed: int = SEED,
     out: Path = typer.Option(Path("token_credit.html"), help="the HTML report"),
+    sampler_kind: str = typer.Option("transformers", "--sampler", help=SAMPLER_HELP),
 ) -> None:
     """Which tokens get the credit: one batch of sampled responses, each recipe's per-token credit, as HTML."""
     import random
@@ -321,7 +337,7 @@ def inspect_credit(
         _fail(f"--recipes: each preset once, got {names}")
     chosen = [tc.recipe(n) for n in names]
     the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts, temperature,
-                                                               max_new_tokens, seed)
+                                                               max_new_tokens, seed, sampler_kind)
     cfg = TrainConfig(seed=seed, rl={"group_size": group_size, "temperature": temperature,
                                      "max_new_tokens": max_new_tokens})
     context = RunContext(cfg=cfg, model=sampler.model, sampler=sampler, task=the_task,
@@ -378,21 +394,18 @@ def _advancing(scorer, progress, bar, total: int | None):
 
 
 def _recorded_responses(path: Path, task: str, task_param: list[str], checkpoint: Path, temperature: float,
-                        max_new_tokens: int, seed: int) -> tuple[Any, Any, Any, list[tuple[int, Any, list[int], str]]]:
+                        max_new_tokens: int, seed: int, sampler_kind: str = "transformers",
+                        ) -> tuple[Any, Any, Any, list[tuple[int, Any, list[int], str]]]:
     """The task, tokenizer, a sampler of the checkpoint's model (torch seeded with `seed`) and the responses of
     the `--responses` file as `(line, example, tokens, text)`; exit 2 naming the line on a bad record."""
-    import torch
-
     from tokencredit.analysis.recorded import read_responses
-    from tokencredit.sampling import TransformersSampler
 
     the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
     try:
         records = read_responses(path, tokenizer, the_task, max_tokens=max_new_tokens)
     except ValueError as err:
         _fail(str(err))
-    torch.manual_seed(seed)
-    sampler = TransformersSampler(model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    sampler = _sampler(sampler_kind, model, tokenizer, checkpoint, temperature, max_new_tokens, seed)
     texts = tokenizer.batch_decode([r.tokens for r in records], skip_special_tokens=True)
     return the_task, tokenizer, sampler, [(r.line, r.example, r.tokens, t) for r, t in zip(records, texts)]
 
