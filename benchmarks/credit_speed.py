@@ -1,7 +1,7 @@
 """Speed of the credit stages against straightforward loop references (a script, not a test).
 
     .venv/bin/python benchmarks/credit_speed.py [--threads 1] [--allocator both|default|keep-heap] [--repeats 3]
-                                                [--out PATH]
+                                                [--large] [--out PATH]
 
 Batch: B = 4096 responses in groups of 16 (group ids shuffled over the rows, so groups are not contiguous),
 T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random critic values.
@@ -13,6 +13,14 @@ T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random cr
   for the returns of reinforce_pp and gae (after placing each reward on its response's last token).
 * Aggregations: forward + backward of a [B,T] per-token loss that requires grad. Reference: a Python loop
   over sequences (per group, then per sequence, for `balanced`).
+* Weight stages (`forking_tokens`, `d3s_tokens`, `steer`, called as `Recipe.credit` calls them, with the grpo
+  advantage and `keep` = the mask, every token in the loss): timed next to `grpo` on the same batch (`x grpo` =
+  stage ms / grpo ms, interleaved; goals: the batch-quantile selections ≤ 10×, steer ≤ 5×) and next to the
+  implementation they replaced (`before`, a verbatim copy: a `topk` of the top fraction of the masked copy of
+  the scores; the STEER formula written out with a masked copy for the maximum), whose output must be equal.
+  `--large` adds `forking_tokens` on B = 8192, T = 8192 (67M elements: 512 prompts × 16 responses × 8k
+  positions, 42M of them tokens; beyond the 2^24 elements `torch.quantile` accepts), next to grpo there
+  (≈2 GB of memory, ≈1 min with `before`).
 
 Each reference is first checked to agree with the library (allclose); then both are timed (median of
 several runs after a warm-up; wall and process CPU time). The ratio is reference ms / library ms (wall);
@@ -36,6 +44,7 @@ import argparse
 import ctypes
 import ctypes.util
 import json
+import math
 import os
 import platform
 import statistics
@@ -54,6 +63,7 @@ from tokencredit.advantage.group import broadcast
 from tokencredit.discount import discounted_reverse_cumsum
 from tokencredit.groups import group_index, group_stats
 from tokencredit.masked import last_index, masked_whiten, masked_whiten_rows, token_count, zero_outside
+from tokencredit.objective.aggregate import aggregate
 from tokencredit.shape.outcome import outcome
 
 B, T, GROUP_SIZE, MIN_LEN = 4096, 1024, 16, 256
@@ -196,6 +206,29 @@ def ref_discounted(x: Tensor, gamma: float) -> Tensor:
     return out
 
 
+def ref_top_fraction(score: Tensor, mask: Tensor, top: float) -> Tensor:
+    """`top_fraction_mask` before the exact selection: a `topk` of the top fraction of the masked copy."""
+    values = score[mask]
+    if values.numel() == 0:
+        return torch.zeros(mask.shape)
+    threshold = torch.topk(values, max(1, round(top * values.numel()))).values[-1]
+    return ((score >= threshold) & mask).float()
+
+
+def ref_steer(r: tc.Rollouts, advantage: Tensor, w_min: float = 0.8) -> Tensor:
+    """`steer` (exp mode) before: the formula written out, a masked copy for the maximum."""
+    p = r.logprob.float().exp().clamp(1e-8, 1.0 - 1e-8)
+    omega = zero_outside(advantage.float() * (1.0 - p) * (p.log() + r.entropy.float()), r.mask).abs()
+    rate = -math.log(w_min) / omega[r.mask].max().clamp(min=0.02)
+    return zero_outside(torch.exp(-rate * omega).clamp(w_min, 1.0), r.mask)
+
+
+WEIGHT_REFS = {  # name → (goal: at most this many times grpo's time, reference)
+    "forking_tokens": (10.0, lambda r, adv: ref_top_fraction(r.entropy, r.mask, 0.2)),
+    "d3s_tokens": (10.0, lambda r, adv: ref_top_fraction(adv.float().abs() * r.entropy, r.mask, 0.2)),
+    "steer": (5.0, ref_steer),
+}
+
 GROUP_REFS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 
 
@@ -244,6 +277,18 @@ def interleaved_ms(library: Callable[[], object], reference: Callable[[], object
             fn()
             times.extend(_timed(fn) for _ in range(block))
     return _median(lib_times), _median(ref_times)
+
+
+def interleaved_many(fns: dict[str, Callable[[], object]], runs: dict[str, int], rounds: int = 3) -> dict[str, Timing]:
+    """`interleaved_ms` for several functions: per round, a block of each (after an untimed warm-up call)."""
+    times: dict[str, list[Timing]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            n = runs[name]
+            block = -(-n // rounds) if r < n % rounds or n % rounds == 0 else n // rounds
+            fn()
+            times[name].extend(_timed(fn) for _ in range(block))
+    return {name: _median(t) for name, t in times.items()}
 
 
 def machine() -> dict:
@@ -333,6 +378,20 @@ class Bench:
         ref_ms = row["ref_ms"] or 0.0
         print(f"  {stage:10s} {name:36s} lib {row['lib_ms']:9.2f} ms  ref {ref_ms:9.2f} ms  {ratio}", flush=True)
 
+    def add_stage_row(self, stage: str, name: str, timing: dict[str, Timing], goal: float, reference_kind: str,
+                      max_abs_diff: float) -> None:
+        """A stage timed with `interleaved_many` as lib / grpo / ref: `x_grpo` = lib ms / grpo ms (its goal:
+        at most `goal`), `ratio` = ref ms / lib ms."""
+        (lib, lib_cpu), (grpo, grpo_cpu), (ref, ref_cpu) = timing["lib"], timing["grpo"], timing["ref"]
+        row = {"stage": stage, "name": name, "reference": reference_kind, "ref_ms": ref, "ref_cpu_ms": ref_cpu,
+               "lib_ms": lib, "lib_cpu_ms": lib_cpu, "ratio": ref / lib, "cpu_ratio": ref_cpu / lib_cpu,
+               "max_abs_diff": max_abs_diff, "grpo_ms": grpo, "grpo_cpu_ms": grpo_cpu, "x_grpo": lib / grpo,
+               "x_grpo_cpu": lib_cpu / grpo_cpu, "x_grpo_goal": goal, "meets_goal": lib / grpo <= goal}
+        self.rows.append(row)
+        print(f"  {stage:10s} {name:36s} lib {lib:9.2f} ms  grpo {grpo:6.2f} ms  {lib / grpo:5.1f}x grpo "
+              f"(cpu {lib_cpu / grpo_cpu:.1f}x; goal <= {goal:g}x)  before {ref:9.2f} ms  {ref / lib:.1f}x faster",
+              flush=True)
+
 
 def _close(rtol: float, atol: float, what: str) -> Callable[[object, object], None]:
     def check(out, expected) -> None:
@@ -408,11 +467,10 @@ def measure(args: argparse.Namespace) -> dict:
     base_loss = torch.randn(B, T, generator=torch.Generator().manual_seed(1))
     advantage = tc.get("advantage", "grpo")(rollouts)
     for name in tc.names("aggregate"):
-        fn = tc.get("aggregate", name)
 
-        def library(fn=fn) -> tuple[Tensor, Tensor]:
+        def library(name=name) -> tuple[Tensor, Tensor]:
             loss = base_loss.clone().requires_grad_(True)
-            value = fn(loss, mask, advantage=advantage, group=group)
+            value = aggregate(name, loss, mask, advantage=advantage, group=group, budget=T)
             value.backward()
             return loss.grad, value.detach()
 
@@ -430,6 +488,10 @@ def measure(args: argparse.Namespace) -> dict:
             continue
         bench.compare("aggregate", name, library, reference, "per-sequence loop (fwd+bwd)",
                       _close(1e-4, 1e-9, name))
+
+    measure_weights(bench, rollouts, advantage)
+    if args.large:
+        measure_large(bench)
 
     parts = {key: {"wall_ms": wall, "cpu_ms": cpu} for key, (wall, cpu) in breakdown(rollouts, args.runs).items()}
     bench.notes.append("the verl anchor on this batch: benchmarks/anchor_speed.py (needs an environment with verl)")
@@ -453,6 +515,50 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
+def measure_weights(bench: Bench, rollouts: tc.Rollouts, advantage: Tensor) -> None:
+    """The weight stages as `Recipe.credit` calls them, timed in one interleaved set with grpo (`x grpo`) and
+    with the implementation they replaced (`before`, checked equal first)."""
+    keep = rollouts.mask  # `Recipe.credit`'s keep [B,T]: every token of the mask in the loss
+    grpo = tc.get("advantage", "grpo")
+    for name, (goal, before) in WEIGHT_REFS.items():
+        fn = tc.get("weight", name)
+
+        def library(fn=fn) -> Tensor:
+            return fn(rollouts, advantage, keep=keep)
+
+        def reference(before=before) -> Tensor:
+            return before(rollouts, advantage)
+
+        out, expected = library(), reference()
+        torch.testing.assert_close(out, expected, rtol=0.0, atol=0.0, msg=lambda m, name=name: f"{name}: {m}")
+        timing = interleaved_many({"lib": library, "grpo": lambda: grpo(rollouts), "ref": reference},
+                                  {"lib": bench.runs, "grpo": bench.runs, "ref": bench.ref_runs})
+        bench.add_stage_row("weight", name, timing, goal, "before (topk / formula as written)",
+                            (out - expected).abs().max().item())
+
+
+def measure_large(bench: Bench, rows: int = 8192, width: int = 8192) -> None:
+    """`forking_tokens` on a 67M-token batch (B = 8192 = 512 prompts × 16, T = 8192), next to grpo there, and the
+    `topk` selection it replaced (one run)."""
+    gen = torch.Generator().manual_seed(2)
+    lengths = torch.randint(width // 4, width + 1, (rows,), generator=gen)
+    mask = torch.arange(width)[None, :] < lengths[:, None]
+    group = torch.arange(rows) // GROUP_SIZE
+    big = tc.Rollouts(group=group, mask=mask, reward=(torch.rand(rows, generator=gen) < 0.5).float(),
+                      entropy=torch.rand(rows, width, generator=gen) * 2)
+    adv = tc.get("advantage", "grpo")(big)
+    fn, grpo = tc.get("weight", "forking_tokens"), tc.get("advantage", "grpo")
+    out = fn(big, adv)
+    expected = ref_top_fraction(big.entropy, big.mask, 0.2)
+    assert torch.equal(out, expected), "forking_tokens at 67M tokens differs from the topk selection"
+    del out, expected
+    timing = interleaved_many({"lib": lambda: fn(big, adv), "grpo": lambda: grpo(big),
+                               "ref": lambda: ref_top_fraction(big.entropy, big.mask, 0.2)},
+                              {"lib": 3, "grpo": 3, "ref": 1}, rounds=1)
+    bench.add_stage_row("weight", f"forking_tokens B={rows} T={width} ({int(mask.sum()) / 1e6:.0f}M tokens)",
+                        timing, 10.0, "before (topk)", 0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=9, help="timed runs of each library function")
@@ -463,6 +569,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="whole measurements per allocator, each in its own process (alternating allocators); "
                              "the table shows per-row medians and the JSON keeps every repeat's ratio")
+    parser.add_argument("--large", action="store_true",
+                        help="also forking_tokens on a 67M-token batch (B = T = 8192; ~2 GB of memory)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -479,6 +587,8 @@ def main() -> None:
                                "--runs", str(args.runs), "--ref-runs", str(args.ref_runs)]
                     if args.threads:
                         command += ["--threads", str(args.threads)]
+                    if args.large:
+                        command += ["--large"]
                     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                     runs[allocator].append(json.loads(out.read_text())["modes"][allocator])
         result = {"benchmark": "credit_speed", "modes": {name: combine(r) for name, r in runs.items()}}
@@ -500,12 +610,17 @@ def combine(runs: list[dict]) -> dict:
     for i, row in enumerate(first["results"]):
         same = [run["results"][i] for run in runs]
         merged = dict(row)
-        for key in ("lib_ms", "lib_cpu_ms", "ref_ms", "ref_cpu_ms", "ratio", "cpu_ratio", "ratio_bound"):
+        for key in ("lib_ms", "lib_cpu_ms", "ref_ms", "ref_cpu_ms", "ratio", "cpu_ratio", "ratio_bound", "grpo_ms",
+                    "grpo_cpu_ms", "x_grpo", "x_grpo_cpu"):
             values = [r.get(key) for r in same]
             merged[key] = None if None in values else statistics.median(values)
+        if merged.get("x_grpo") is not None:
+            merged["x_grpo_runs"] = [r["x_grpo"] for r in same]
+            merged["meets_goal"] = merged["x_grpo"] <= merged["x_grpo_goal"]
         if merged["ratio"] is not None:
             merged["ratio_runs"] = [r["ratio"] for r in same]
-            merged["meets_target"] = merged["ratio"] >= TARGET
+            if "meets_target" in row:
+                merged["meets_target"] = merged["ratio"] >= TARGET
         rows.append(merged)
     blocks = {key: {part: statistics.median(run["building_blocks_ms"][key][part] for run in runs)
                     for part in ("wall_ms", "cpu_ms")} for key in first["building_blocks_ms"]}
@@ -517,13 +632,14 @@ def combine(runs: list[dict]) -> dict:
 
 def show(result: dict) -> None:
     header = ("stage", "function", "reference", "library ms", "reference ms", "ratio", "cpu-time ratio",
-              "bound")
+              "bound", "x grpo (goal)")
     lines = [
         (r["stage"], r["name"], r["reference"] or "-", f"{r['lib_ms']:.2f}",
          "-" if r["ref_ms"] is None else f"{r['ref_ms']:.2f}",
          "-" if r["ratio"] is None else f"{r['ratio']:.1f}x",
          "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.1f}x",
-         "-" if r.get("ratio_bound") is None else f"{r['ratio_bound']:.1f}x")
+         "-" if r.get("ratio_bound") is None else f"{r['ratio_bound']:.1f}x",
+         "-" if r.get("x_grpo") is None else f"{r['x_grpo']:.1f}x (<= {r['x_grpo_goal']:g}x)")
         for r in result["results"]
     ]
     m = result["machine"]

@@ -217,3 +217,62 @@ def test_a_missing_input_names_the_field_and_the_stage() -> None:
         tc.recipe("dr_grpo").coefficients(_rollouts(budget=None), tc.recipe("dr_grpo").credit(_rollouts()))
     with pytest.raises(ValueError, match=r"Rollouts\.value: advantage 'spo_chain' .* from the 'monte_carlo' value"):
         tc.recipe("spo_chain").credit(replace(_rollouts(), value=None))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_reward_is_rejected_naming_the_rows(bad: float) -> None:
+    reward = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    reward[[1, 3]] = bad
+    with pytest.raises(ValueError, match=re.escape("Rollouts.reward: expected finite rewards, got NaN or ±inf in "
+                                                   "rows [1, 3]")):
+        _rollouts(reward=reward)
+    token_reward = torch.zeros(B, T)
+    token_reward[0, 2] = bad  # row 0 has 5 tokens: position 2 is a real token
+    with pytest.raises(ValueError, match=re.escape("rows [0]")):
+        _rollouts(reward=token_reward)
+
+
+def test_a_non_finite_token_reward_in_the_padding_is_never_read() -> None:
+    token_reward = torch.zeros(B, T)
+    token_reward[1, 4] = float("nan")  # row 1 has 3 tokens: position 4 is padding
+    credit = tc.recipe("dapo").credit(_rollouts(reward=token_reward))
+    assert torch.isfinite(credit.folded()).all()
+
+
+def test_the_reward_is_checked_once_per_batch_not_per_copy(monkeypatch) -> None:
+    import tokencredit.rollouts as rollouts_module
+
+    calls = []
+    check = rollouts_module.check_finite_reward
+    monkeypatch.setattr(rollouts_module, "check_finite_reward", lambda *a, **k: calls.append(1) or check(*a, **k))
+    r = _rollouts()
+    r.with_inputs(value=torch.zeros(B, T), hidden=torch.zeros(B, T, 2)).select(torch.tensor([0, 2])).narrow(3)
+    r.to("cpu")
+    tc.recipe("dapo").credit(r)
+    assert len(calls) == 1
+
+
+def test_recipe_parameter_values_are_checked_when_the_recipe_is_made() -> None:
+    cases = [
+        (dict(objective_params={"clip_low": -0.1}), r"objective_params: objective 'ppo_clip': clip_low, clip_high"),
+        (dict(objective_params={"clip_high": {"start": 0.2, "end": -0.1}}),
+         r"objective_params: objective 'ppo_clip' at progress 1: clip_low, clip_high"),
+        (dict(objective_params={"dual_clip": 1.0}), r"objective_params: objective 'ppo_clip': dual_clip"),
+        (dict(objective="gspo", objective_params={"clip_low": -1e-4}), r"objective 'gspo': clip_low"),
+        (dict(objective="cispo", objective_params={"clip_high": -0.1}), r"objective 'cispo': clip_low"),
+        (dict(shape="overlong", shape_params={"cache": 0.0}), r"shape_params: shape 'overlong': cache"),
+        (dict(select="d3s_samples", select_params={"fraction": {"start": 0.5, "end": 1.5}}),
+         r"select_params: select 'd3s_samples' at progress 1: fraction"),
+        (dict(token_select="low_probability", token_select_params={"threshold": 1.5}),
+         r"token_select_params: token_select 'low_probability': threshold"),
+        (dict(agg="balanced", agg_params={"denominator": "rows"}), r"agg_params: aggregate 'balanced': denominator"),
+        (dict(agg="seq_mean_token_sum_norm", agg_params={"budget": 0}), r"agg_params: .*budget: expected a positive"),
+    ]
+    for fields, message in cases:
+        with pytest.raises(ValueError, match=message):
+            tc.recipe("grpo", **fields)
+    with pytest.raises(ValueError, match=r"advantage_params: advantage 'spo_chain': interval, max_cuts"):
+        tc.recipe("spo_chain", advantage_params={"interval": 0})
+    with pytest.raises(ValueError, match=r"advantage_params: advantage 'spo_tree': mode"):
+        tc.recipe("spo_tree", advantage_params={"branching": [2, 2], "mode": "mean"})
+    assert tc.recipe("grpo", objective_params={"clip_low": 0.0, "clip_high": 0.3}).objective_params["clip_low"] == 0.0

@@ -46,7 +46,10 @@ def test_critical_counterfactual_reports_each_critical_token(small_checkpoint, t
 
 
 def write_lines(path, *lines):
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    def raw(line):
+        return line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode()
+
+    path.write_bytes(b"".join(raw(line) + b"\n" for line in lines))
     return path
 
 
@@ -93,6 +96,7 @@ def test_critical_searches_the_failed_responses_of_a_file(small_checkpoint, tmp_
         ([{"prompt": "q", "answer": "3", "response": "x", "source_index": -1}],
          ":1: field 'source_index' must be a non-negative integer"),
         (["", "  "], "holds no records"),
+        ([b'{"prompt": "caf\xe9", "answer": "3", "response": "x"}'], ":1: not UTF-8 text"),
     ],
 )
 def test_critical_bad_responses_file_exits_2_naming_the_line(small_checkpoint, tmp_path, lines, message):

@@ -4,13 +4,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokencredit.masked import (
+    as_float,
     last_index,
     masked_mean,
     masked_sum,
     masked_whiten,
     masked_whiten_,
     masked_whiten_rows,
+    rows_kept,
     token_count,
+    true_positions,
     zero_outside,
 )
 
@@ -107,3 +110,42 @@ def test_masks_must_be_bool_and_empty_rows_cannot_spread_nan():
     assert torch.isfinite(white).all() and white[1].abs().sum() == 0
     assert masked_whiten_rows(torch.tensor([1, 5, 3]), MASK).dtype == torch.float32
     assert masked_sum(MASK, MASK).dtype == torch.float32  # integer inputs are promoted, as before
+
+
+_SPECIAL = [0.0, -0.0, 1.5, -2.25, float("nan"), float("inf"), -float("inf"), 1e-40, -3e38]
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(0, 6), width=st.integers(0, 20), p=st.floats(0, 1), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
+def test_a_column_broadcast_over_the_mask_is_where_bit_for_bit(rows, width, p, seed, dtype):
+    """`zero_outside(column, mask)` (one value per row, the grpo broadcast) takes an integer path on CPU: the
+    bits must be `torch.where`'s, NaN payloads, −0.0 and infinities included, for every float width."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(rows + 1, width + 2, generator=gen) < p
+    for mask in (base, base[1:, 2:], base.t()):
+        picks = torch.randint(len(_SPECIAL), (mask.shape[0] * 2,), generator=gen)
+        column = torch.tensor(_SPECIAL)[picks].to(dtype)[::2, None]  # a strided view, as `x[:, None]` may be
+        got = zero_outside(column, mask)
+        expected = torch.where(mask, column, torch.zeros((), dtype=dtype))
+        assert got.dtype == dtype and got.shape == mask.shape
+        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[got.element_size()]
+        assert torch.equal(got.contiguous().view(bits), expected.contiguous().view(bits))
+        assert torch.equal(as_float(mask), mask.float())
+        keep = torch.rand(mask.shape[0], generator=gen) < 0.5
+        assert torch.equal(rows_kept(mask, keep), mask & keep[:, None])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(0, 6), width=st.integers(0, 40), start=st.integers(0, 9), p=st.floats(0, 1),
+       seed=st.integers(0, 2**16))
+def test_true_positions_for_any_layout(rows, width, start, p, seed):
+    base = torch.rand(rows + 2, width + start, generator=torch.Generator().manual_seed(seed)) < p
+    for mask in (base, base[1:], base[:, start:], base[:, start:][1:, ::2], base.t(), base.reshape(-1)[start:]):
+        assert torch.equal(true_positions(mask), mask.reshape(-1).nonzero().squeeze(1))
+
+
+def test_a_column_that_requires_grad_keeps_its_gradient():
+    column = torch.tensor([[2.0], [3.0], [5.0]], requires_grad=True)
+    zero_outside(column, MASK).sum().backward()
+    assert column.grad.tolist() == [[2.0], [0.0], [2.0]]

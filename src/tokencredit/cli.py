@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +19,58 @@ from rich.table import Table
 import tokencredit as tc
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Token-level credit assignment for RL.")
-console = Console()
+# soft_wrap: paths and commands in messages stay on one line, so they can be copied (tables still fit the width)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors, warnings and notes: stdout keeps the results
+_DEBUG = {"on": False}
 
 
 @app.callback()
-def main() -> None:
+def main(
+    debug: bool = typer.Option(False, "--debug", envvar="TOKENCREDIT_DEBUG",
+                               help="on an error, show the full traceback instead of one line"),
+) -> None:
     """Token-level credit assignment for RL post-training of language models."""
     from transformers.utils import logging as hf_logging
 
+    _DEBUG["on"] = debug
     hf_logging.disable_progress_bar()  # our own progress bars say what is happening
+
+
+def _describe_error(err: BaseException) -> str:
+    """One line for a user error: pydantic's field errors joined, an OSError's reason and path."""
+    from pydantic import ValidationError
+
+    from tokencredit.train.config import validation_messages
+
+    if isinstance(err, ValidationError):
+        return "; ".join(validation_messages(err))
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.strerror}: {err.filename}"
+    return str(err).strip() or type(err).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+
+
+def _reported(command):
+    """Run a command so that every user error (a `ValueError` or `OSError`: bad config, bad input, a damaged
+    checkpoint, a full disk) is one line and exit code 2; `tokencredit --debug` shows the traceback instead.
+    Python warnings (a checkpoint fallback, a task without a held-out set) are one yellow line each."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return command(*args, **kwargs)
+            except (ValueError, OSError) as err:
+                if _DEBUG["on"]:
+                    raise
+                _fail(_describe_error(err))
+
+    return run
 
 
 def _summary(fn) -> str:
@@ -33,6 +79,7 @@ def _summary(fn) -> str:
 
 
 @app.command()
+@_reported
 def methods() -> None:
     """List every registered stage function and preset recipe."""
     table = Table(title="tokencredit methods", show_lines=False)
@@ -51,18 +98,27 @@ def methods() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
-TASK_PARAM_HELP = "task option key=value (repeatable; JSON values, else text), e.g. --task-param mistake_rate=0.1"
+RECORDED = "default: the run's recorded"
+TASK_PARAM_HELP = ("task option key=value (repeatable; JSON values, else text), e.g. --task-param mistake_rate=0.1; "
+                   "added to the run's recorded task_params when the task is the run's")
 # options shared by the commands that load a checkpoint and a task
-CHECKPOINT = typer.Option(..., exists=True, file_okay=False, help="a transformers model folder")
-TASK = typer.Option("chain_sum", help="task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH")
+CHECKPOINT = typer.Option(..., help="a checkpoint (a transformers model folder), a run folder or its "
+                                    "checkpoints/latest (the newest checkpoint)")
+TASK = typer.Option(None, help=f"task spec: chain_sum, digit_sort, reasoning_gym:NAME, jsonl:PATH ({RECORDED} task, "
+                               "else chain_sum)")
 TASK_PARAMS = typer.Option([], "--task-param", help=TASK_PARAM_HELP)
-TEMPERATURE = typer.Option(1.0, min=1e-6)
-SEED = typer.Option(0, help="the training seed (selects the same held-out set as training)")
-SAMPLER_HELP = "transformers, or vllm: a vLLM engine with the trainer's default `vllm` settings (docs/training.md)"
+TEMPERATURE = typer.Option(None, min=1e-6, help=f"sampling temperature ({RECORDED} rl.temperature, else 1.0)")
+MAX_NEW_TOKENS = typer.Option(None, min=1, help=f"token budget of a response ({RECORDED} rl.max_new_tokens, "
+                                                "else 48)")
+SEED = typer.Option(None, help=f"the training seed: selects the same held-out set as training ({RECORDED} seed, "
+                               "else 0)")
+SAMPLER = typer.Option(None, "--sampler", help="transformers, or vllm: a vLLM engine with the run's recorded `vllm` "
+                                               f"settings (docs/training.md) ({RECORDED} rl.sampler, else "
+                                               "transformers)")
 
 
 def _task_params(items: list[str]) -> dict[str, Any]:
@@ -80,57 +136,97 @@ def _task_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
-def _task_and_model(task: str, task_param: list[str], checkpoint: Path) -> tuple[Any, Any, Any]:
-    """The task (with its `--task-param` options) and the checkpoint's model and tokenizer; exit 2 on bad input."""
+@dataclass
+class RunSettings:
+    """What `eval`, `inspect` and `critical` use: the resolved checkpoint and the run's settings, each from the
+    command line when given, else from the run's recorded config (`run_config.json` in the checkpoint or its run
+    folder), else `TrainConfig`'s defaults."""
+
+    checkpoint: Path
+    cfg: Any  # the run's TrainConfig with the command-line values applied
+    recorded: Path | None  # the record the settings came from
+
+
+def _run_settings(checkpoint: Path, task: str | None, task_param: list[str], *, seed: int | None = None,
+                  temperature: float | None = None, max_new_tokens: int | None = None, **rl: Any) -> RunSettings:
+    from tokencredit.train import TrainConfig
+    from tokencredit.train.checkpoint import resolve_checkpoint
+    from tokencredit.train.config import read_run_record, recorded_config
+
+    path = resolve_checkpoint(checkpoint)
+    where, record = None, None
+    for folder in (path, path.parent.parent if path.parent.name == "checkpoints" else None):
+        if folder is not None and (record := read_run_record(folder)) is not None:
+            where = folder / "run_config.json"
+            break
+    base = recorded_config(record, where) if record is not None else TrainConfig()
+    params = _task_params(task_param)
+    if task is None or task == base.task:
+        task, params = base.task, {**base.task_params, **params}
+    from tokencredit.sampling import SAMPLERS
+
+    if rl.get("sampler") not in (None, *SAMPLERS):
+        raise ValueError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {rl['sampler']!r}")
+    given = {"temperature": temperature, "max_new_tokens": max_new_tokens, **rl}
+    data = base.model_dump()
+    data.update(task=task, task_params=params, seed=base.seed if seed is None else seed, device="cpu")
+    data["rl"].update({k: v for k, v in given.items() if v is not None})
+    return RunSettings(path, TrainConfig.model_validate(data), where)
+
+
+def _note_settings(run: RunSettings, what: str) -> None:
+    cfg = run.cfg
+    source = f"recorded in {run.recorded}" if run.recorded else "no recorded config found: defaults"
+    err_console.print(escape(f"{run.checkpoint}: {what}; task {cfg.task} {json.dumps(cfg.task_params)}, seed "
+                             f"{cfg.seed}, temperature {cfg.rl.temperature:g}, top_p {cfg.rl.top_p:g}, max_new_tokens "
+                             f"{cfg.rl.max_new_tokens}, sampler {cfg.rl.sampler} ({source}, unless given)"),
+                      style="dim", soft_wrap=True)
+
+
+def _task_and_model(run: RunSettings) -> tuple[Any, Any, Any]:
+    """The task (with its options) and the checkpoint's model and tokenizer."""
     from tokencredit.models import load_model
     from tokencredit.tasks import make_task
 
-    params = _task_params(task_param)
-    try:
-        return make_task(task, **params), *load_model(checkpoint)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+    return make_task(run.cfg.task, **run.cfg.task_params), *load_model(run.checkpoint)
 
 
-def _held_out_sampler(task: str, task_param: list[str], checkpoint: Path, prompts: int, temperature: float,
-                      max_new_tokens: int, seed: int, sampler: str = "transformers") -> tuple[Any, Any, Any, list[Any]]:
-    """The task, tokenizer, a sampler of the checkpoint's model, and `prompts` held-out examples (the set training
-    evaluates on for `seed`); torch seeded with `seed`."""
-    from tokencredit.tasks import examples
-    from tokencredit.train.trainer import EVAL_SEED_OFFSET
-
-    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
-    made = _sampler(sampler, model, tokenizer, checkpoint, temperature, max_new_tokens, seed)
-    return the_task, tokenizer, made, examples(the_task, prompts, seed=seed + EVAL_SEED_OFFSET)
-
-
-def _sampler(kind: str, model: Any, tokenizer: Any, checkpoint: Path, temperature: float, max_new_tokens: int,
-             seed: int) -> Any:
-    """`--sampler kind` of the checkpoint's model (vLLM with the trainer's default engine settings); torch seeded
-    with `seed`; exit 2 on an unknown kind."""
+def _sampler(run: RunSettings, model: Any, tokenizer: Any) -> Any:
+    """A sampler of the checkpoint's model with the run's sampling settings (`rl.sampler`; vLLM with the run's
+    `vllm` settings, loaded from the checkpoint); torch seeded with the run's seed."""
     import torch
 
-    from tokencredit import sampling
-    from tokencredit.train.config import VLLMConfig
+    from tokencredit.sampling import make_sampler
 
-    if kind not in sampling.SAMPLERS:
-        _fail(f"--sampler: expected one of {', '.join(sampling.SAMPLERS)}, got {kind!r}")
-    torch.manual_seed(seed)
-    return sampling.make_sampler(kind, model, tokenizer, path=checkpoint, temperature=temperature,
-                                 max_new_tokens=max_new_tokens, engine=VLLMConfig().engine(seed))
+    torch.manual_seed(run.cfg.seed)
+    rl = run.cfg.rl
+    return make_sampler(rl.sampler, model, tokenizer, path=run.checkpoint, temperature=rl.temperature,
+                        top_p=rl.top_p, max_new_tokens=rl.max_new_tokens, engine=run.cfg.vllm.engine(run.cfg.seed))
+
+
+def _held_out_sampler(run: RunSettings, prompts: int) -> tuple[Any, Any, Any, list[Any]]:
+    """The task, tokenizer, a sampler of the checkpoint's model, and the first `prompts` examples of the held-out
+    set training evaluates on (`Task.held_out` with the run's seed)."""
+    the_task, model, tokenizer = _task_and_model(run)
+    sampler = _sampler(run, model, tokenizer)
+    return the_task, tokenizer, sampler, the_task.held_out(prompts, run.cfg.seed)
 
 
 @app.command()
+@_reported
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output folder"),
     presets: str = typer.Option("grpo,tempo", help="comma-separated preset names"),
     workers: int = typer.Option(2, min=1, help="presets trained at the same time (one process each)"),
     sft_steps: int | None = typer.Option(None, help="warm-start steps (default: the demo's)"),
     rl_steps: int | None = typer.Option(None, help="RL steps per preset (default: the demo's)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="seed of the model's initialisation, the data streams and the held-out set"),
+    fresh: bool = typer.Option(False, "--fresh", help="if --out holds another demo, delete it and start afresh "
+                                                      "(without it, such a folder is refused)"),
 ) -> None:
-    """Warm start a tiny model on chain_sum, then RL with several presets side by side (CPU, minutes)."""
-    from tokencredit.train.checkpoint import latest_checkpoint
+    """Warm start a tiny model on chain_sum, then RL with several presets side by side (CPU, minutes).
+
+    Run again into the same --out with the same settings, it continues that demo (finished runs are kept)."""
     from tokencredit.train.demo import run_demo
 
     names = [p.strip() for p in presets.split(",") if p.strip()]
@@ -142,7 +238,7 @@ def demo(
         overrides["sft"] = {"steps": sft_steps}
     if rl_steps is not None:
         overrides["rl"] = {"steps": rl_steps}
-    summary = run_demo(out, names, workers=workers, console=console, **overrides)
+    summary = run_demo(out, names, workers=workers, console=console, fresh=fresh, **overrides)
     table = Table(title="demo summary (held-out greedy accuracy)")
     for column in ("preset", "after warm start", "after RL", "gain", "seconds"):
         table.add_column(column)
@@ -151,28 +247,29 @@ def demo(
         table.add_row(name, f"{row['sft_accuracy']:.3f}", f"{row['final_accuracy']:.3f}", f"{gain:+.3f}",
                       f"{row['seconds']:.0f}")
     console.print(table)
-    final = latest_checkpoint(out / names[0] / "checkpoints")
     runs = " ".join(str(out / name) for name in names)
-    console.print(escape(f"next: tokencredit compare {runs}" + (
-        f"; which tokens got the credit: tokencredit inspect --checkpoint {final}" if final else "")))
+    console.print(escape(f"next: tokencredit compare {runs}; which tokens got the credit: tokencredit inspect "
+                         f"--checkpoint {out / names[0]}"))
 
 
 @app.command()
+@_reported
 def train(
     config: Path | None = typer.Option(None, "--config", "-c", exists=True, dir_okay=False, help="YAML config"),
     overrides: list[str] = typer.Option([], "--set", "-s", help="override, e.g. --set rl.steps=100"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in the output folder"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in the output folder (its recorded config "
+                                                        "must match, up to rl.steps, log, threads, device, "
+                                                        "checkpoint_every)"),
 ) -> None:
     """Warm start and/or RL as described by a config file (see docs/training.md)."""
     from tokencredit.train import load_config
     from tokencredit.train import train as run_training
     from tokencredit.train.checkpoint import latest_checkpoint
 
-    try:
-        cfg = load_config(config, overrides)
-    except ValueError as err:
-        _fail(str(err))
-    existing = latest_checkpoint(Path(cfg.out) / "checkpoints")
+    cfg = load_config(config, overrides)
+    with warnings.catch_warnings():  # a fallback from a lost `latest` is reported once, by the trainer
+        warnings.simplefilter("ignore")
+        existing = latest_checkpoint(Path(cfg.out) / "checkpoints")
     if existing is not None and not resume:
         _fail(f"{cfg.out} already holds a run (checkpoint {existing.name}); pass --resume or choose --set out=DIR")
     if resume and existing is None:
@@ -183,29 +280,47 @@ def train(
 
 
 @app.command("eval")
+@_reported
 def evaluate_checkpoint(
     checkpoint: Path = CHECKPOINT,
-    task: str = TASK,
+    task: str | None = TASK,
     task_param: list[str] = TASK_PARAMS,
-    size: int = typer.Option(200, min=1, help="held-out examples"),
-    pass_k: int = typer.Option(4, min=1, help="samples per prompt for pass@k"),
-    temperature: float = TEMPERATURE,
-    max_new_tokens: int = typer.Option(48, min=1),
-    seed: int = SEED,
-    sampler_kind: str = typer.Option("transformers", "--sampler", help=SAMPLER_HELP),
+    size: int | None = typer.Option(None, min=1, help=f"held-out examples ({RECORDED} eval.size, else 200)"),
+    pass_k: int | None = typer.Option(None, min=1, help=f"samples per prompt for pass@k ({RECORDED} eval.pass_k, "
+                                                        "else 4)"),
+    pass_k_size: int | None = typer.Option(None, min=1, help="held-out examples (the first ones) that pass@k "
+                                                             f"samples ({RECORDED} eval.pass_k_size, else 100)"),
+    temperature: float | None = TEMPERATURE,
+    max_new_tokens: int | None = MAX_NEW_TOKENS,
+    seed: int | None = SEED,
+    verifier_timeout: float | None = typer.Option(
+        None, min=0, help=f"seconds a verifier may take per response ({RECORDED} verifier_timeout, else 2; "
+                          "0: no limit)"),
+    sampler_kind: str | None = SAMPLER,
 ) -> None:
-    """Greedy accuracy and pass@k of a checkpoint on a task's held-out set."""
+    """Greedy accuracy and pass@k of a checkpoint on its run's held-out set, as the run evaluated it.
+
+    Greedy accuracy equals the run's logged eval_accuracy at that checkpoint; pass@k uses the same settings but
+    its own random draws. Verifier failures are counted (verifier_exceptions, verifier_timeouts)."""
     from tokencredit.train.evaluate import evaluate
 
-    the_task, _, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, size, temperature,
-                                                       max_new_tokens, seed, sampler_kind)
-    console.print_json(json.dumps(evaluate(sampler, the_task, held_out, pass_k=pass_k)))
+    run = _run_settings(checkpoint, task, task_param, seed=seed, temperature=temperature,
+                        max_new_tokens=max_new_tokens, sampler=sampler_kind)
+    ev = run.cfg.eval
+    size, pass_k = size or ev.size, pass_k or ev.pass_k
+    pass_k_size = pass_k_size or ev.pass_k_size
+    timeout = run.cfg.verifier_timeout if verifier_timeout is None else verifier_timeout
+    _note_settings(run, f"{size} held-out examples, pass@{pass_k} on the first {min(pass_k_size, size)}")
+    the_task, _, sampler, held_out = _held_out_sampler(run, size)
+    metrics = evaluate(sampler, the_task, held_out, pass_k=pass_k, pass_k_size=pass_k_size, verifier_timeout=timeout)
+    console.print_json(json.dumps({"checkpoint": str(run.checkpoint), "examples": len(held_out), **metrics}))
 
 
 @app.command()
+@_reported
 def critical(
     checkpoint: Path = CHECKPOINT,
-    task: str = TASK,
+    task: str | None = TASK,
     task_param: list[str] = TASK_PARAMS,
     prompts: int = typer.Option(16, min=1, help="held-out prompts (one sampled response each; not with --responses)"),
     responses: Path | None = typer.Option(
@@ -218,12 +333,13 @@ def critical(
         False, "--counterfactual",
         help="also sample k continuations at each critical token with a different first token, and report whether "
              "the success rate rises (the paper's check)"),
-    temperature: float = TEMPERATURE,
-    max_new_tokens: int = typer.Option(48, min=1,
-                                       help="token budget of a response (a continuation gets what its prefix left)"),
-    seed: int = SEED,
+    temperature: float | None = TEMPERATURE,
+    max_new_tokens: int | None = typer.Option(
+        None, min=1, help=f"token budget of a response; a continuation gets what its prefix left ({RECORDED} "
+                          "rl.max_new_tokens, else 48)"),
+    seed: int | None = SEED,
     out: Path = typer.Option(Path("critical_tokens.jsonl"), help="one JSON line per failed response"),
-    sampler_kind: str = typer.Option("transformers", "--sampler", help=SAMPLER_HELP),
+    sampler_kind: str | None = SAMPLER,
 ) -> None:
     """Critical tokens of a checkpoint's failed responses: where sampled continuations stop succeeding (cDPO)."""
     from tokencredit.analysis import critical_tokens
@@ -233,9 +349,11 @@ def critical(
 
     if mode not in MODES:
         _fail(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    run = _run_settings(checkpoint, task, task_param, seed=seed, temperature=temperature,
+                        max_new_tokens=max_new_tokens, sampler=sampler_kind)
+    _note_settings(run, "critical tokens")
     if responses is None:
-        the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts,
-                                                                   temperature, max_new_tokens, seed, sampler_kind)
+        the_task, tokenizer, sampler, held_out = _held_out_sampler(run, prompts)
         with console.status(f"sampling {prompts} responses"):
             sampled = sampler.sample([e.prompt for e in held_out])
         content = sampled.response_mask & (sampled.response_ids != tokenizer.eos_token_id)
@@ -243,10 +361,10 @@ def critical(
                       for e, row, keep, text in zip(held_out, sampled.response_ids, content, sampled.texts)]
         source = f"sampled {prompts} responses"
     else:
-        the_task, tokenizer, sampler, candidates = _recorded_responses(responses, task, task_param, checkpoint,
-                                                                       temperature, max_new_tokens, seed, sampler_kind)
+        the_task, tokenizer, sampler, candidates = _recorded_responses(responses, run)
         source = f"read {len(candidates)} responses from {responses}"
-    rewards, _ = safe_score(the_task, [text for *_, text in candidates], [e for _, e, *_ in candidates])
+    rewards, _ = safe_score(the_task, [text for *_, text in candidates], [e for _, e, *_ in candidates],
+                            timeout_s=run.cfg.verifier_timeout)
     failed = [c for c, reward in zip(candidates, rewards.tolist()) if reward <= 0.5]
     scorer = TaskContinuations(sampler, the_task)
     total = sum(len(tokens) + 1 for _, _, tokens, _ in failed) if mode == "scan" else None  # bisection's: unknown
@@ -268,6 +386,7 @@ def critical(
 
 
 @app.command()
+@_reported
 def compare(
     runs: list[Path] = typer.Argument(..., help="run folders, each with the metrics.jsonl that train/demo write"),
     out: Path = typer.Option(Path("compare.png"), help="the plot; the table goes next to it as .json"),
@@ -307,26 +426,27 @@ def _number(value: float | None, *, digits: int = 3, signed: bool = False) -> st
 
 
 @app.command("inspect")
+@_reported
 def inspect_credit(
     checkpoint: Path = CHECKPOINT,
-    task: str = TASK,
+    task: str | None = TASK,
     task_param: list[str] = TASK_PARAMS,
     recipes: str = typer.Option("grpo,tempo,forking,spo_chain", help="comma-separated presets to compare"),
     prompts: int = typer.Option(4, min=1, help="held-out prompts"),
-    group_size: int = typer.Option(8, min=2, help="responses sampled per prompt"),
+    group_size: int | None = typer.Option(None, min=2, help=f"responses sampled per prompt ({RECORDED} "
+                                                            "rl.group_size, else 8)"),
     progress: float = typer.Option(0.0, min=0.0, max=1.0, help="training progress for scheduled parameters"),
-    temperature: float = TEMPERATURE,
-    max_new_tokens: int = typer.Option(48, min=1, help="token budget of a response"),
-    seed: int = SEED,
+    temperature: float | None = TEMPERATURE,
+    max_new_tokens: int | None = MAX_NEW_TOKENS,
+    seed: int | None = SEED,
     out: Path = typer.Option(Path("token_credit.html"), help="the HTML report"),
-    sampler_kind: str = typer.Option("transformers", "--sampler", help=SAMPLER_HELP),
+    sampler_kind: str | None = SAMPLER,
 ) -> None:
     """Which tokens get the credit: one batch of sampled responses, each recipe's per-token credit, as HTML."""
     import random
 
     from tokencredit.inspect.report import credit_report, token_pieces
     from tokencredit.needs import merge
-    from tokencredit.train import TrainConfig
     from tokencredit.train.providers import Providers, RunContext
 
     names = [n.strip() for n in recipes.split(",") if n.strip()]
@@ -336,12 +456,14 @@ def inspect_credit(
     if len(set(names)) != len(names):
         _fail(f"--recipes: each preset once, got {names}")
     chosen = [tc.recipe(n) for n in names]
-    the_task, tokenizer, sampler, held_out = _held_out_sampler(task, task_param, checkpoint, prompts, temperature,
-                                                               max_new_tokens, seed, sampler_kind)
-    cfg = TrainConfig(seed=seed, rl={"group_size": group_size, "temperature": temperature,
-                                     "max_new_tokens": max_new_tokens})
+    run = _run_settings(checkpoint, task, task_param, seed=seed, temperature=temperature,
+                        max_new_tokens=max_new_tokens, sampler=sampler_kind, group_size=group_size)
+    _note_settings(run, f"group size {run.cfg.rl.group_size}")
+    checkpoint = run.checkpoint
+    the_task, tokenizer, sampler, held_out = _held_out_sampler(run, prompts)
+    cfg = run.cfg
     context = RunContext(cfg=cfg, model=sampler.model, sampler=sampler, task=the_task,
-                         rng=random.Random(seed), start=checkpoint, resume=checkpoint, learn=False)
+                         rng=random.Random(cfg.seed), start=checkpoint, resume=checkpoint, learn=False)
     try:  # one batch for every recipe: their needs must fit together, and inspect must be able to supply them
         needs = merge((f"recipe {r.name!r}", r.needs(progress)) for r in chosen)
         providers = Providers(context, needs)
@@ -351,7 +473,7 @@ def inspect_credit(
         batch = providers.collect(held_out, needs, signals={"progress": progress})
     rollouts = batch.rollouts
     token_text = [token_pieces(tokenizer, row[keep].tolist()) for row, keep in zip(rollouts.tokens, rollouts.mask)]
-    title = f"token credit: {checkpoint.name} on {task}" + (f" at progress {progress:g}" if progress else "")
+    title = f"token credit: {checkpoint.name} on {cfg.task}" + (f" at progress {progress:g}" if progress else "")
     page, summary = credit_report(rollouts, chosen, token_text, [e.prompt for e in batch.examples], title=title,
                                   progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -393,19 +515,14 @@ def _advancing(scorer, progress, bar, total: int | None):
     return scored
 
 
-def _recorded_responses(path: Path, task: str, task_param: list[str], checkpoint: Path, temperature: float,
-                        max_new_tokens: int, seed: int, sampler_kind: str = "transformers",
-                        ) -> tuple[Any, Any, Any, list[tuple[int, Any, list[int], str]]]:
-    """The task, tokenizer, a sampler of the checkpoint's model (torch seeded with `seed`) and the responses of
-    the `--responses` file as `(line, example, tokens, text)`; exit 2 naming the line on a bad record."""
+def _recorded_responses(path: Path, run: RunSettings) -> tuple[Any, Any, Any, list[tuple[int, Any, list[int], str]]]:
+    """The task, tokenizer, a sampler of the checkpoint's model (torch seeded with the run's seed) and the responses
+    of the `--responses` file as `(line, example, tokens, text)`; a bad record is a ValueError naming its line."""
     from tokencredit.analysis.recorded import read_responses
 
-    the_task, model, tokenizer = _task_and_model(task, task_param, checkpoint)
-    try:
-        records = read_responses(path, tokenizer, the_task, max_tokens=max_new_tokens)
-    except ValueError as err:
-        _fail(str(err))
-    sampler = _sampler(sampler_kind, model, tokenizer, checkpoint, temperature, max_new_tokens, seed)
+    the_task, model, tokenizer = _task_and_model(run)
+    records = read_responses(path, tokenizer, the_task, max_tokens=run.cfg.rl.max_new_tokens)
+    sampler = _sampler(run, model, tokenizer)
     texts = tokenizer.batch_decode([r.tokens for r in records], skip_special_tokens=True)
     return the_task, tokenizer, sampler, [(r.line, r.example, r.tokens, t) for r, t in zip(records, texts)]
 

@@ -6,6 +6,11 @@ mask with `mask.sum(-1)` is 7–27× slower, and finding its last true entry wit
 than reading the mask 8 bytes at a time as `token_count` and `last_index` do. Every fresh `[B,T]`
 temporary also costs page faults (glibc returns large blocks to the OS on free; 16 MB cost 1.5–3 ms here),
 so the helpers avoid them where they can.
+
+Two more, measured the same way (torch 2.13, 1 thread): broadcasting one value per row over a bool mask with
+`torch.where(mask, column, 0)` costs 2.5–8 ms (a scalar loop, bimodal between processes), while widening the mask
+bytes to integers and multiplying by the value's bits (`zero_outside`'s column path) costs 1.0–1.5 ms; and
+`mask.float()` is 2–3× slower than `mask.view(torch.uint8).float()` (`as_float`), the same values.
 """
 
 from __future__ import annotations
@@ -19,8 +24,58 @@ from torch import Tensor
 def zero_outside(x: Tensor, mask: Tensor, out: Tensor | None = None) -> Tensor:
     """`x` where `mask`, 0 elsewhere (also where `x` is NaN or inf outside the mask). `x` may broadcast against
     `mask` (e.g. a `[B,1]` column); `out=x` masks in place."""
+    if out is None and _is_row_column(x, mask):
+        return _column_on_mask(x, mask)
     zero = torch.zeros((), dtype=torch.result_type(x, 0.0), device=x.device)  # integer inputs become float
     return torch.where(mask, x, zero, out=out)
+
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # an integer dtype of each float width
+
+
+def _is_row_column(x: Tensor, mask: Tensor) -> bool:
+    return (x.device.type == "cpu" and mask.device.type == "cpu" and x.is_floating_point() and not x.requires_grad
+            and x.element_size() in _BITS and mask.dtype == torch.bool and mask.dim() >= 1
+            and x.shape == (*mask.shape[:-1], 1))
+
+
+def _column_on_mask(column: Tensor, mask: Tensor) -> Tensor:
+    """`torch.where(mask, column, 0)` for a column `[..., 1]`, bit for bit (NaN payloads and −0.0 inside the mask
+    kept, +0.0 outside): the mask bytes (0 or 1) widened to integers of the value's width, times the value's bits.
+    One vectorised cast and one in-place integer multiply instead of `where`'s scalar loop."""
+    bits = _BITS[column.element_size()]
+    return mask.view(torch.uint8).to(bits).mul_(column.view(bits)).view(column.dtype)
+
+
+def rows_kept(mask: Tensor, keep: Tensor) -> Tensor:
+    """`mask & keep[:, None]` for a bool `mask [B,T]` and `keep [B]`, through uint8 views: the bool `&` with a
+    broadcast column is a scalar loop (3–5 ms at [4096, 1024]), the uint8 one vectorised (0.1–0.2 ms)."""
+    if mask.dtype != torch.bool or keep.dtype != torch.bool:
+        return mask & keep[:, None]
+    return (mask.view(torch.uint8) & keep.view(torch.uint8)[:, None]).view(torch.bool)
+
+
+def as_float(mask: Tensor) -> Tensor:
+    """`mask.float()` for a bool mask, read through a uint8 view (2–3× faster on CPU, the same values)."""
+    return mask.view(torch.uint8).float() if mask.dtype == torch.bool else mask.float()
+
+
+def true_positions(mask: Tensor) -> Tensor:
+    """Flat positions (int64, increasing) of the true entries of a bool `mask` of any shape, as
+    `mask.reshape(-1).nonzero().squeeze(1)`. Finds the non-zero 8-byte words first, then the true bytes inside
+    those: for a sparse mask of 4M entries that is 2 ms instead of `nonzero`'s 5–10 ms."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask: expected a bool tensor, got {mask.dtype}")
+    flat = mask.reshape(-1).contiguous()
+    if flat.numel() % _WORD or flat.storage_offset() % _WORD:
+        padded = flat.new_zeros(-(-flat.numel() // _WORD) * _WORD)
+        padded[: flat.numel()] = flat
+        flat = padded
+    words = flat.view(torch.int64)
+    hit = (words != 0).nonzero().squeeze(1)
+    bytes_ = words[hit].view(torch.uint8) != 0  # [hits·8], byte i of word w is position 8w + i (memory order)
+    positions = (hit[:, None] * _WORD + torch.arange(_WORD, device=mask.device)).reshape(-1)
+    return positions[bytes_]
 
 
 _WORD = 8  # mask bytes per int64 word

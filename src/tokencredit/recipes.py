@@ -17,10 +17,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
-from tokencredit.masked import masked_mean, token_count, zero_outside
+from tokencredit.masked import masked_mean, rows_kept, token_count, zero_outside
 from tokencredit.needs import INPUTS, Needs
 from tokencredit.objective.aggregate import weighted_token_sum
-from tokencredit.registry import accepted, get, names, needs_of, parameters
+from tokencredit.registry import accepted, check_params, get, names, needs_of, parameters
 from tokencredit.rollouts import Credit, Rollouts
 
 Params = dict[str, Any]
@@ -171,7 +171,7 @@ class Recipe(BaseModel):
             token_keep = mask & self._run("token_select", shaped, advantage, **run)
         weight = mask.float()
         if self.weight is not None:  # after selection: a batch-level token quantile counts the tokens in the loss
-            weight = zero_outside(self._run("weight", shaped, advantage, keep=token_keep & keep[:, None], **run), mask)
+            weight = zero_outside(self._run("weight", shaped, advantage, keep=rows_kept(token_keep, keep), **run), mask)
         return Credit(advantage=advantage, weight=weight, keep=keep, token_keep=token_keep, progress=progress)
 
     # ------------------------------------------------------------------------------------------ loss
@@ -222,13 +222,21 @@ class Recipe(BaseModel):
 
 
 def _check_params(stage: str, name: str, params_field: str | None, params: Params) -> None:
-    """Every key of `params` is a parameter of the stage; every schedule is `{"start": number, "end": number}`."""
+    """Every key of `params` is a parameter of the stage; every schedule is `{"start": number, "end": number}`;
+    the values pass the stage's registered check (at both ends of every schedule)."""
     known, anything = parameters(stage, name)
     for key, value in params.items():
         if not anything and key not in known:
             raise ValueError(f"{params_field}: {stage} {name!r} has no parameter {key!r}; it takes {sorted(known)}")
         if isinstance(value, dict) and not (is_schedule(value) and all(_finite(v) for v in value.values())):
             raise ValueError(f"{params_field}.{key}: a schedule is {{'start': number, 'end': number}}, got {value!r}")
+    scheduled = any(is_schedule(v) for v in params.values())
+    for progress in (0.0, 1.0) if scheduled else (0.0,):
+        try:
+            check_params(stage, name, at_progress(params, progress))
+        except ValueError as err:
+            at = f" at progress {progress:g}" if scheduled else ""
+            raise ValueError(f"{params_field or stage}: {stage} {name!r}{at}: {err}") from err
 
 
 def _finite(x: Any) -> bool:

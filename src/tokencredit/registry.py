@@ -12,6 +12,7 @@ from tokencredit.needs import Needs
 STAGES = ("shape", "advantage", "select", "token_select", "weight", "objective", "aggregate", "kl", "preference")
 _REGISTRY: dict[str, dict[str, Callable]] = {stage: {} for stage in STAGES}
 _NEEDS: dict[tuple[str, str], Needs | Callable[..., Needs]] = {}
+_CHECKS: dict[tuple[str, str], Callable[..., None]] = {}
 
 F = TypeVar("F", bound=Callable)
 NeedsSpec = Needs | Callable[..., Needs] | None
@@ -23,10 +24,15 @@ def _stage(stage: str) -> dict[str, Callable]:
     return _REGISTRY[stage]
 
 
-def register(stage: str, name: str, needs: NeedsSpec = None) -> Callable[[F], F]:
+def register(stage: str, name: str, needs: NeedsSpec = None, check: Callable[..., None] | None = None
+             ) -> Callable[[F], F]:
     """Decorator that registers a stage function under `name`, with what it needs from its caller: a `Needs`,
     or a function of the stage's parameters returning one (its keyword parameters count as the stage's
-    parameters too: a recipe accepts them and passes each to whichever of the two takes it)."""
+    parameters too: a recipe accepts them and passes each to whichever of the two takes it).
+
+    `check`: the stage's validation of its parameter values, a function of (some of) its keyword parameters
+    that raises `ValueError` naming the bad one; a recipe calls it when it is made (`check_params`), so a bad
+    value is an error then, not at the first call. The stage function should call it too."""
     table = _stage(stage)
 
     def decorate(fn: F) -> F:
@@ -34,6 +40,8 @@ def register(stage: str, name: str, needs: NeedsSpec = None) -> Callable[[F], F]
             raise ValueError(f"{stage} {name!r} is already registered")
         table[name] = fn
         _NEEDS[(stage, name)] = needs if needs is not None else Needs()
+        if check is not None:
+            _CHECKS[(stage, name)] = check
         return fn
 
     return decorate
@@ -43,6 +51,7 @@ def unregister(stage: str, name: str) -> None:
     """Remove `name` from `stage` (a method registered for one experiment or test)."""
     _stage(stage).pop(name, None)
     _NEEDS.pop((stage, name), None)
+    _CHECKS.pop((stage, name), None)
 
 
 def get(stage: str, name: str) -> Callable:
@@ -64,6 +73,17 @@ def needs_of(stage: str, name: str, params: Mapping[str, Any] | None = None) -> 
     if isinstance(spec, Needs):
         return spec
     return spec(**accepted(spec, params or {}))
+
+
+def check_params(stage: str, name: str, params: Mapping[str, Any]) -> None:
+    """Run the `check` registered with `name` in `stage` (if any) on `params` (resolved: no schedules), the
+    function's own defaults filling the parameters not given; its `ValueError` propagates."""
+    check = _CHECKS.get((stage, name))
+    if check is None:
+        return
+    defaults = {p.name: p.default for p in inspect.signature(get(stage, name)).parameters.values()
+                if p.default is not inspect.Parameter.empty}
+    check(**accepted(check, {**defaults, **params}))
 
 
 def parameters(stage: str, name: str) -> tuple[set[str], bool]:

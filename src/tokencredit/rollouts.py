@@ -8,15 +8,35 @@ stage is `[B,T]` float32 and is 0 outside `mask`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from tokencredit.masked import masked_sum, token_count
+from tokencredit.masked import masked_sum, rows_kept, token_count
 
 _OPTIONAL_TOKEN_FIELDS = ("tokens", "logprob", "ref_logprob", "entropy", "value")
+_DERIVED: ContextVar[bool] = ContextVar("tokencredit_rollouts_derived", default=False)  # set while copying
+
+
+def check_finite_reward(reward: Tensor, mask: Tensor, owner: str = "Rollouts") -> None:
+    """A `ValueError` naming the rows whose reward is NaN or ±inf (for per-token rewards `[B,T]`: at a token of
+    `mask`; the padding is never read). One reduction and one host sync, so call it once per batch."""
+    finite = torch.isfinite(reward)
+    if bool(finite.all()):  # the common case: one pass, no mask needed
+        return
+    if reward.dim() == 2:
+        finite = finite | ~mask
+        if bool(finite.all()):
+            return
+    bad = (~finite if finite.dim() == 1 else ~finite.all(-1)).nonzero().flatten().tolist()
+    row = bad[0]
+    value = reward[row] if reward.dim() == 1 else reward[row][~finite[row]][0]
+    shown = ", ".join(map(str, bad[:10])) + (f", … ({len(bad)} rows)" if len(bad) > 10 else "")
+    raise ValueError(f"{owner}.reward: expected finite rewards, got NaN or ±inf in rows [{shown}] (row {row}: "
+                     f"{value.item()}); a non-finite reward is not valid input (score it 0, or drop the row)")
 
 
 def _check(name: str, x: object, shape: tuple[int, ...], kind: str, shape_text: str, owner: str = "Rollouts") -> None:
@@ -44,7 +64,10 @@ class Rollouts:
     `entropy [B,T]` (sampling distribution), `value [B,T]` (V of the state before each token), `truncated [B]`
     bool, `budget` (the generation budget: the most tokens a response may have; an int, unchanged by padding),
     and `extra`, any other per-token inputs by name, each `[B,T,...]` (see `tokencredit.needs`).
-    Shapes and dtypes are checked at construction; a mismatch raises `ValueError` naming the field.
+    Shapes and dtypes are checked at construction; a mismatch raises `ValueError` naming the field. So is the
+    reward: a NaN or ±inf reward (at a token of `mask`, for per-token rewards) raises `ValueError` naming the rows.
+    That check runs once, where a batch is built from outside data; the copies `select`, `narrow`, `to` and
+    `with_inputs` derive from a checked batch and do not repeat it (no host sync per micro-batch).
     """
 
     group: Tensor
@@ -74,6 +97,8 @@ class Rollouts:
             x = getattr(self, name)
             if x is not None:
                 _check(name, x, (b, t), "int" if name == "tokens" else "float", "[B,T]")
+        if not _DERIVED.get():
+            check_finite_reward(self.reward, self.mask)
         if self.truncated is not None:
             _check("truncated", self.truncated, (b,), "bool", "[B]")
         if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
@@ -110,7 +135,7 @@ class Rollouts:
         """A copy with the given inputs set: fields by name, any other name into `extra`."""
         own = {k: v for k, v in inputs.items() if k in _FIELDS}
         extra = {k: v for k, v in inputs.items() if k not in _FIELDS}
-        return replace(self, **own, extra={**self.extra, **extra}) if extra else replace(self, **own)
+        return self._derive(**own, extra={**self.extra, **extra}) if extra else self._derive(**own)
 
     def select(self, rows: Tensor) -> Rollouts:
         """The sub-batch of the given rows (an index or bool tensor over B)."""
@@ -126,7 +151,16 @@ class Rollouts:
     def _map(self, fn) -> Rollouts:
         """`fn` applied to every tensor (fields and extras)."""
         changed = {f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
-        return replace(self, **changed, extra={k: fn(v) for k, v in self.extra.items()})
+        return self._derive(**changed, extra={k: fn(v) for k, v in self.extra.items()})
+
+    def _derive(self, **changes: Any) -> Rollouts:
+        """A copy with `changes` (shapes and dtypes checked; the reward's finiteness, checked when this batch was
+        built, is not checked again)."""
+        token = _DERIVED.set(True)
+        try:
+            return replace(self, **changes)
+        finally:
+            _DERIVED.reset(token)
 
 
 _FIELDS = frozenset(f.name for f in fields(Rollouts)) - {"extra"}
@@ -162,13 +196,13 @@ class Credit:
 
     def loss_mask(self, mask: Tensor) -> Tensor:
         """`[B,T]` bool: the tokens of `mask` that enter the loss and its normaliser (kept responses, kept tokens)."""
-        kept = mask & self.keep[:, None]
+        kept = rows_kept(mask, self.keep)
         return kept if self.token_keep is None else kept & self.token_keep
 
     def folded(self) -> Tensor:
         """`advantage · weight`, 0 for dropped responses and tokens: the single tensor to hand to an engine without
         weight support (together with `loss_mask`)."""
-        keep = self.keep[:, None] if self.token_keep is None else self.keep[:, None] & self.token_keep
+        keep = self.keep[:, None] if self.token_keep is None else rows_kept(self.token_keep, self.keep)
         return self.advantage * self.weight * keep
 
 

@@ -56,10 +56,41 @@ def test_string_fallback(task):
 
 def test_sampling_and_instruction(tmp_path, task):
     assert examples(task, 30, seed=0) == examples(task, 30, seed=0)
-    assert {e.prompt for e in examples(task, 60, seed=0)} == {r.prompt for r in task.records}
+    assert {e.prompt for e in examples(task, 60, seed=0)} == {r.prompt for r in task.train_records}
     with_instruction = make_task(f"jsonl:{task.path}", instruction="End with answer: X")
     ex = with_instruction.sample(random.Random(0))
     assert ex.prompt.endswith("\nEnd with answer: X")
+    assert all(e.prompt.endswith("\nEnd with answer: X") for e in with_instruction.held_out(5, seed=0))
+
+
+def test_held_out_records_are_never_trained_on(tmp_path):
+    path = write(tmp_path / "data.jsonl", [{"prompt": f"q{i}", "answer": str(i)} for i in range(40)])
+    task = make_task(f"jsonl:{path}")
+    held_out = task.held_out(200, seed=0)
+    assert len(held_out) == 4 and held_out == task.held_out(200, seed=7)  # 10%, fixed by the file, not the seed
+    trained = {e.prompt for e in examples(task, 2000, seed=0)}
+    assert len(trained) == 36 and not trained & {e.prompt for e in held_out}
+    assert len(make_task(f"jsonl:{path}", held_out=0.25).held_out(200, seed=0)) == 10
+    everything = make_task(f"jsonl:{path}", held_out=0)
+    with pytest.warns(UserWarning, match="no held-out set"):
+        assert len(everything.held_out(5, seed=0)) == 5
+    with pytest.raises(ValueError, match=r"held_out: expected a fraction"):
+        make_task(f"jsonl:{path}", held_out=1.0)
+
+
+def test_one_record_has_no_room_for_a_held_out_set(tmp_path):
+    task = make_task(f"jsonl:{write(tmp_path / 'data.jsonl', [{'prompt': 'q', 'answer': '1'}])}")
+    assert len(task.train_records) == 1
+    with pytest.warns(UserWarning, match=r"no held-out set \(1 record\(s\) are too few to hold any out\)"):
+        assert task.held_out(2, seed=0) == task.train_records * 2
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps({"prompt": "a", "answer": "1"}).encode() + b"\n" +
+                     '{"prompt": "café", "answer": "1"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 text"):
+        make_task(f"jsonl:{path}")
 
 
 @pytest.mark.parametrize(

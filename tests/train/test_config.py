@@ -23,3 +23,12 @@ def test_errors_name_the_field(override, field):
 def test_override_needs_key_value():
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["rl.steps"])
+
+
+def test_a_field_a_recorded_config_predates_is_its_default():
+    from tokencredit.train.config import config_differences
+
+    new = load_config(None, []).model_dump(mode="json")
+    old = {k: v for k, v in new.items() if k != "verifier_timeout"}  # recorded before the field existed
+    assert config_differences(old, new) == {}
+    assert config_differences(old, {**new, "verifier_timeout": 5.0}) == {"verifier_timeout": (2.0, 5.0)}

@@ -113,3 +113,24 @@ def test_commands_refuse_an_unknown_sampler(small_checkpoint, command):
     result = CliRunner().invoke(app, [command, "--checkpoint", str(small_checkpoint), "--sampler", "sglang"],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "--sampler: expected one of transformers, vllm" in result.output
+
+
+def test_resume_compares_the_sampler_and_its_engine_settings_only_where_an_engine_runs():
+    """`--resume` refuses another `rl.sampler`, and other `vllm` settings only where a side samples with vLLM; a
+    record from before the sampler keys existed counts as the transformers sampler."""
+    from tokencredit.train.config import config_differences
+
+    def dump(*overrides):
+        return load_config(None, list(overrides)).model_dump(mode="json")
+
+    old = dump()
+    assert config_differences(old, dump("rl.sampler=vllm")) == {"rl.sampler": ("transformers", "vllm")}
+    assert config_differences(old, dump("vllm.enforce_eager=false")) == {}  # no engine either side
+    assert config_differences(dump("rl.sampler=vllm"), dump("rl.sampler=vllm", "vllm.enforce_eager=false")) == {
+        "vllm.enforce_eager": (True, False)}
+    assert config_differences(old, dump("rl.sampler=vllm", "vllm.seed=3")) == {
+        "rl.sampler": ("transformers", "vllm"), "vllm.seed": (None, 3)}
+    predates = {k: v for k, v in old.items() if k != "vllm"}
+    predates["rl"] = {k: v for k, v in old["rl"].items() if k != "sampler"}
+    assert config_differences(predates, old) == {}
+    assert config_differences(predates, dump("rl.sampler=vllm")) == {"rl.sampler": ("transformers", "vllm")}

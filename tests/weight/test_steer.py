@@ -2,9 +2,13 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tokencredit as tc
 from helpers import rollouts
+from tokencredit.weight import steer as steer_module
+from tokencredit.weight.steer import MODES, entropy_change
 
 P = [[0.5, 0.25, 0.9], [0.5, 1.0, 0.9]]  # 0.9s lie outside the mask (lengths 2, 2)
 H = [[1.0, 0.5, 9.0], [0.2, 0.0, 9.0]]
@@ -80,3 +84,78 @@ def test_bad_parameters_name_the_field(kwargs, message):
         tc.get("weight", "steer")(_batch(), torch.tensor(A), **kwargs)
     with pytest.raises(ValueError, match=r"Rollouts\.logprob"):
         tc.get("weight", "steer")(rollouts([1.0], [0], [1], entropy=torch.ones(1, 1)), torch.ones(1, 1))
+
+
+# ------------------------------------------------------------------------------------------------ exactness
+# `steer` computes in place, block by block, with the mask applied as an integer AND and the maximum taken per
+# row; its output must be the formula's as written before (copied here verbatim as the reference).
+
+
+def _steer_reference(r, advantage, w_min=0.8, w_max=1.0, mode="exp", keep=None):
+    p = r.logprob.float().exp().clamp(1e-8, 1.0 - 1e-8)
+    omega = torch.where(r.mask, advantage.float() * (1.0 - p) * (p.log() + r.entropy.float()), 0.0).abs()
+    candidates = omega[r.mask if keep is None else r.mask & keep]
+    if candidates.numel() == 0:
+        return r.mask.float()
+    largest = candidates.max()
+    if mode == "exp":
+        rate = -math.log(w_min) / largest.clamp(min=0.02)
+        weight = torch.exp(-rate * omega)
+    else:
+        smallest = candidates.min()
+        spread = largest - smallest
+        ranked = w_max - (omega - smallest) * ((w_max - w_min) / spread.clamp(min=torch.finfo(omega.dtype).tiny))
+        weight = torch.where(spread > 0, ranked, (w_min + w_max) / 2)
+    return torch.where(r.mask, weight.clamp(w_min, w_max), 0.0)
+
+
+_LOGPROB = st.one_of(st.sampled_from([0.0, -1e-9, -0.5, -18.42, -18.43, -30.0, -math.inf, 0.3]),
+                     st.floats(-25.0, 0.0))
+_ENTROPY = st.one_of(st.sampled_from([0.0, 0.5, 18.42, 1e-30]), st.floats(0.0, 12.0))
+_ADVANTAGE = st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-6]), st.floats(-5.0, 5.0))
+
+
+@st.composite
+def _steer_case(draw):
+    rows, width = draw(st.integers(0, 6)), draw(st.integers(0, 9))
+    size = rows * width
+
+    def field(elements):
+        return torch.tensor(draw(st.lists(elements, min_size=size, max_size=size)), dtype=torch.float32).reshape(
+            rows, width)
+
+    logprob, entropy, advantage = field(_LOGPROB), field(_ENTROPY), field(_ADVANTAGE)
+    if draw(st.booleans()):  # padding may hold anything, NaN and inf included
+        junk = torch.tensor([math.nan, math.inf, -math.inf, 7.0])
+        pick = torch.arange(size).reshape(rows, width) % 4
+        logprob, entropy = (torch.where(torch.rand(rows, width) < 0.5, junk[pick], x) for x in (logprob, entropy))
+    mask = torch.tensor(draw(st.lists(st.booleans(), min_size=size, max_size=size)), dtype=torch.bool)
+    r = tc.Rollouts(group=torch.zeros(rows, dtype=torch.long), mask=mask.reshape(rows, width),
+                    reward=torch.zeros(rows), logprob=logprob, entropy=entropy)
+    keep = draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=size, max_size=size).map(
+        lambda k: torch.tensor(k, dtype=torch.bool).reshape(rows, width))))  # the tokens in the loss
+    mode = draw(st.sampled_from(MODES))
+    w_min = draw(st.sampled_from([0.8, 0.5, 1.0, 0.01]))
+    w_max = 1.0 if mode == "exp" else draw(st.sampled_from([w_min, 1.0, 1.2]))
+    return r, advantage, {"w_min": w_min, "w_max": w_max, "mode": mode, "keep": keep}
+
+
+@pytest.mark.parametrize("block", [None, 7])  # elements a block: as configured (one block here), or many
+@settings(max_examples=120, deadline=None)
+@given(case=_steer_case())
+def test_steer_is_the_formula_as_written(block, case):
+    r, advantage, params = case
+    with pytest.MonkeyPatch.context() as patch:
+        if block is not None:
+            patch.setattr(steer_module, "_CHUNK", block)
+        w = tc.get("weight", "steer")(r, advantage, **params)
+        omega = entropy_change(r, advantage)
+    expected = _steer_reference(r, advantage, **params)
+    assert w.dtype == torch.float32 and w.shape == r.mask.shape
+    # one block is the same float32 operations on the same elements: bit for bit; blocks may round a
+    # vectorised transcendental's tail element differently (1 ulp)
+    torch.testing.assert_close(w, expected, rtol=0.0 if block is None else 1e-6, atol=0.0, equal_nan=True)
+    p = r.logprob.exp().clamp(1e-8, 1.0 - 1e-8)
+    expected_omega = torch.where(r.mask, advantage * (1.0 - p) * (p.log() + r.entropy), 0.0)
+    torch.testing.assert_close(omega, expected_omega, rtol=0.0 if block is None else 1e-6, atol=0.0,
+                               equal_nan=True)

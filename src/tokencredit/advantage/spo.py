@@ -49,11 +49,15 @@ def spo_cutpoints(rollouts: Rollouts, threshold: float = 0.9, interval: int = 5,
     return cuts
 
 
+def _check_cuts(interval: int, max_cuts: int) -> None:
+    if interval < 1 or max_cuts < 1:
+        raise ValueError(f"interval, max_cuts: expected >= 1, got {interval}, {max_cuts}")
+
+
 def _cut_positions(candidate: Tensor, interval: int, max_cuts: int) -> tuple[Tensor, Tensor]:
     """`(rows, cols)` in row-major order of every `interval`-th true entry of `candidate [B,T]` per row, the
     first one included, at most `max_cuts` per row."""
-    if interval < 1 or max_cuts < 1:
-        raise ValueError(f"interval, max_cuts: expected >= 1, got {interval}, {max_cuts}")
+    _check_cuts(interval, max_cuts)
     rank = candidate.cumsum(-1, dtype=torch.int32)  # 1 for a row's first candidate
     width = max(candidate.shape[-1], 1)
     interval = min(interval, width)  # a row has at most T candidates: same cuts, and int32-safe arithmetic
@@ -80,7 +84,7 @@ def _monte_carlo_values(
     return Needs(inputs={"tokens", "logprob"}, values=Request("monte_carlo", at=at, samples=mc_samples))
 
 
-@register("advantage", "spo_chain", needs=_monte_carlo_values)
+@register("advantage", "spo_chain", needs=_monte_carlo_values, check=_check_cuts)
 def spo_chain(rollouts: Rollouts, threshold: float = 0.9, interval: int = 5, max_cuts: int = 25) -> Tensor:
     """SPO-chain segment advantages `A_t = V(next boundary) − V(segment start)`, reading the cut values from
     `rollouts.value` (V of the state before each cut; a recipe's caller fills them, `mc_samples` continuations
@@ -140,7 +144,15 @@ def _segment_tree(
                  rollout=Request("segment_tree", branching=tuple(branching), segment_tokens=segment_tokens))
 
 
-@register("advantage", "spo_tree", needs=_segment_tree)
+def _check_tree(branching: Sequence[int], segment_tokens: int, mode: str) -> None:
+    if mode not in ("rloo", "grpo"):
+        raise ValueError(f"mode: expected 'rloo' or 'grpo', got {mode!r}")
+    if len(branching) < 1 or segment_tokens < 1:
+        raise ValueError(f"branching, segment_tokens: expected a non-empty list and >= 1, got {list(branching)}, "
+                         f"{segment_tokens}")
+
+
+@register("advantage", "spo_tree", needs=_segment_tree, check=_check_tree)
 def spo_tree(
     rollouts: Rollouts,
     branching: Sequence[int] = SPO_TREE_BRANCHING,
@@ -175,12 +187,8 @@ def spo_tree(
       mode "rloo" the `dr_grpo` advantage (mean baseline), when the G responses are distinct.
     """
     tokens = require_tokens(rollouts, "advantage spo_tree")
-    if mode not in ("rloo", "grpo"):
-        raise ValueError(f"mode: expected 'rloo' or 'grpo', got {mode!r}")
+    _check_tree(branching, segment_tokens, mode)
     depth = len(branching)
-    if depth < 1 or segment_tokens < 1:
-        raise ValueError(f"branching, segment_tokens: expected a non-empty list and >= 1, got {list(branching)}, "
-                         f"{segment_tokens}")
     mask, group = rollouts.mask, rollouts.group
     b, t = mask.shape
     if b == 0 or t == 0:

@@ -51,8 +51,13 @@ def read_responses(path: str | Path, tokenizer: Any, task: Task, *, max_tokens: 
     if not path.is_file():
         raise ValueError(f"responses: no such file {str(path)!r}")
     out: list[RecordedResponse] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {err.start} of the line: {err.reason}); "
+                                 "save the file as UTF-8") from None
             if line.strip():
                 out.append(_parse(line, f"{path}:{lineno}", lineno, tokenizer, task, max_tokens))
     if not out:

@@ -63,7 +63,12 @@ def _needs_budget(budget: int | None = None, **_) -> Needs:
     return Needs(inputs={"budget"}) if budget is None else Needs()
 
 
-@register("aggregate", "seq_mean_token_sum_norm", needs=_needs_budget)
+def _check_budget(budget: int | float | None = None) -> None:
+    if budget is not None and not budget > 0:
+        raise ValueError(f"budget: expected a positive length normaliser, got {budget}")
+
+
+@register("aggregate", "seq_mean_token_sum_norm", needs=_needs_budget, check=_check_budget)
 def seq_mean_token_sum_norm(mask: Tensor, *, budget: int | float | None = None, num_seqs: Count = None) -> Tensor:
     """seq_mean_token_sum_norm (Dr.GRPO): `L = Σ_{i,t} ℓ_{i,t} / (N · L_max)`, `c_i = 1/(N·L_max)` with the
     generation budget L_max (the most tokens a response may have: the trainer's `max_new_tokens`, TRL's
@@ -75,12 +80,16 @@ def seq_mean_token_sum_norm(mask: Tensor, *, budget: int | float | None = None, 
     if budget is None:
         raise ValueError("budget: aggregation 'seq_mean_token_sum_norm' needs the generation budget (the most tokens "
                          "a response may have) as its constant normaliser; got None")
-    if budget <= 0:
-        raise ValueError(f"budget: expected a positive length normaliser, got {budget}")
+    _check_budget(budget)
     return seq_mean_token_sum(mask, num_seqs=num_seqs) / float(budget)
 
 
-@register("aggregate", "balanced")
+def _check_denominator(denominator: str = "signed") -> None:
+    if denominator not in ("signed", "group"):
+        raise ValueError(f"denominator: expected 'signed' or 'group', got {denominator!r}")
+
+
+@register("aggregate", "balanced", check=_check_denominator)
 def balanced(
     mask: Tensor,
     *,
@@ -101,8 +110,7 @@ def balanced(
     """
     if advantage is None:
         raise ValueError("advantage: aggregation 'balanced' needs advantage=[B,T] (or coef=[B])")
-    if denominator not in ("signed", "group"):
-        raise ValueError(f"denominator: expected 'signed' or 'group', got {denominator!r}")
+    _check_denominator(denominator)
     sign = torch.sign(masked_sum(advantage, mask, -1))
     if group is None:
         group = torch.zeros_like(sign, dtype=torch.int64)

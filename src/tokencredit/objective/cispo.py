@@ -10,7 +10,7 @@ from tokencredit.objective.surrogate import check_clip, detached, log_ratio, rat
 from tokencredit.registry import register
 
 
-@register("objective", "cispo", needs=BEHAVIOUR_LOGPROB)
+@register("objective", "cispo", needs=BEHAVIOUR_LOGPROB, check=check_clip)
 def cispo(
     logprob: Tensor,
     old_logprob: Tensor,

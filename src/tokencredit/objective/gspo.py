@@ -11,7 +11,7 @@ from tokencredit.objective.surrogate import check_clip, clipped_surrogate, detac
 from tokencredit.registry import register
 
 
-@register("objective", "gspo", needs=BEHAVIOUR_LOGPROB)
+@register("objective", "gspo", needs=BEHAVIOUR_LOGPROB, check=check_clip)
 def gspo(
     logprob: Tensor,
     old_logprob: Tensor,

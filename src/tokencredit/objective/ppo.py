@@ -11,7 +11,7 @@ from tokencredit.registry import register
 BEHAVIOUR_LOGPROB = Needs(inputs={"logprob"})
 
 
-@register("objective", "ppo_clip", needs=BEHAVIOUR_LOGPROB)
+@register("objective", "ppo_clip", needs=BEHAVIOUR_LOGPROB, check=check_clip)
 def ppo_clip(
     logprob: Tensor,
     old_logprob: Tensor,
@@ -35,7 +35,7 @@ def ppo_clip(
     return per_token, detached(stats | ratio_stats(log_r, mask))
 
 
-@register("objective", "negative_only", needs=BEHAVIOUR_LOGPROB)
+@register("objective", "negative_only", needs=BEHAVIOUR_LOGPROB, check=check_clip)
 def negative_only(
     logprob: Tensor,
     old_logprob: Tensor,

@@ -40,7 +40,12 @@ def max_variance_subset(values: Tensor, size: int) -> Tensor:
     return keep
 
 
-@register("select", "d3s_samples")
+def _check_fraction(fraction: float = 0.5) -> None:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction: expected a fraction in (0, 1], got {fraction}")
+
+
+@register("select", "d3s_samples", check=_check_fraction)
 def d3s_samples(rollouts: Rollouts, advantage: Tensor, fraction: float = 0.5) -> Tensor:
     """D³S cross-group sample down-sampling: keep the N = round(`fraction`·B) responses (at least one) whose
     advantages `A_i` have the largest variance, pooled over the whole batch without re-normalisation.
@@ -52,8 +57,7 @@ def d3s_samples(rollouts: Rollouts, advantage: Tensor, fraction: float = 0.5) ->
     Down-Sampling Rollouts in LLM Reinforcement Learning", Xu et al., 2025). The within-group variant of the
     paper is not implemented. `fraction` may follow a schedule over training progress.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction: expected a fraction in (0, 1], got {fraction}")
+    _check_fraction(fraction)
     b = rollouts.mask.shape[0]
     size = min(b, max(1, round(fraction * b))) if b else 0
     per_response = masked_sum(advantage.float(), rollouts.mask, -1) / token_count(rollouts.mask, -1).clamp(min=1)

@@ -20,7 +20,13 @@ def low_probability_tokens(rollouts: Rollouts, threshold: float, who: str) -> Te
     return rollouts.mask & (rollouts.logprob < log_threshold)
 
 
-@register("token_select", "low_probability", needs=Needs(inputs={"logprob"}))
+def check_threshold(threshold: float) -> None:
+    """A probability threshold is in [0, 1]."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold}")
+
+
+@register("token_select", "low_probability", needs=Needs(inputs={"logprob"}), check=check_threshold)
 def low_probability(rollouts: Rollouts, advantage: Tensor, threshold: float = 0.9) -> Tensor:
     """Keep the "decision" tokens: `keep_{i,t} = 1[π_old(o_{i,t}) < τ]` (τ = `threshold`); the others leave the
     loss *and its normaliser*, so the policy gradient is the mean over decision tokens only.
@@ -28,6 +34,5 @@ def low_probability(rollouts: Rollouts, advantage: Tensor, threshold: float = 0.
     Source: "Segment Policy Optimization" (Guo et al., NeurIPS 2025), the probability mask of its released
     trainer (`ppo_trainer.py`: tokens with old probability ≥ 0.9 are dropped from the loss). τ = 1 keeps every
     token with p < 1."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold}")
+    check_threshold(threshold)
     return low_probability_tokens(rollouts, threshold, "token_select 'low_probability'")

@@ -11,6 +11,12 @@ from tokencredit.rollouts import Rollouts
 from tokencredit.shape.outcome import add_outcome_, outcome
 
 
+def check_cache(cache: float) -> None:
+    """The penalised window is a fraction of the budget in (0, 1]."""
+    if not 0.0 < cache <= 1.0:
+        raise ValueError(f"cache: expected the penalised fraction of the budget in (0, 1], got {cache}")
+
+
 def overlong_penalty(length: Tensor, budget: int, cache: float) -> Tensor:
     """`R_len [B]` for response lengths `length [B]`, with `L_max = budget` and `L_cache = cache · budget`:
 
@@ -18,13 +24,12 @@ def overlong_penalty(length: Tensor, budget: int, cache: float) -> Tensor:
                 ((L_max − L_cache) − |y|) / L_cache  L_max − L_cache < |y| ≤ L_max
                 −1                                  |y| > L_max
     """
-    if not 0.0 < cache <= 1.0:
-        raise ValueError(f"cache: expected the penalised fraction of the budget in (0, 1], got {cache}")
+    check_cache(cache)
     window = cache * budget
     return ((budget - window - length.float()) / window).clamp(min=-1.0, max=0.0)
 
 
-@register("shape", "overlong", needs=Needs(inputs={"budget"}))
+@register("shape", "overlong", needs=Needs(inputs={"budget"}), check=check_cache)
 def overlong(rollouts: Rollouts, cache: float = 0.2) -> Tensor:
     """Outcome token rewards (`outcome`) plus DAPO's soft overlong punishment on each response's last token:
     `r_{i,t} = r^outcome_{i,t} + R_len(|o_i|) · 1[t = last]` with `R_len` of `overlong_penalty` (linear from 0 at

@@ -6,6 +6,7 @@ line `answer: <value>` that `extract_answer` reads back.
 
 from tokencredit.tasks.base import (
     ANSWER_PREFIX,
+    HELD_OUT_SEED_OFFSET,
     Example,
     Task,
     exact_answer_score,
@@ -22,6 +23,7 @@ __all__ = [
     "ANSWER_PREFIX",
     "BUILTIN_TASKS",
     "DEFAULT_TASK",
+    "HELD_OUT_SEED_OFFSET",
     "BaseConvert",
     "ChainSum",
     "DigitSort",

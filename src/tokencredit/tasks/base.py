@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 ANSWER_PREFIX = "answer:"
+HELD_OUT_SEED_OFFSET = 1_000_003  # the default held-out set is drawn from a stream disjoint from training's
 _ANSWER_LINE = re.compile(r"^[ \t]*answer[ \t]*:(.*)$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -45,6 +46,13 @@ class Task(ABC):
     def score(self, response: str, example: Example) -> float:
         """1.0 iff the response's final `answer:` line equals the example's answer exactly (after strip)."""
         return exact_answer_score(response, example.answer)
+
+    def held_out(self, n: int, seed: int) -> list[Example]:
+        """The evaluation set of a run with seed `seed`: `n` examples kept apart from training. Default: `n` draws
+        from the stream of seed `seed + HELD_OUT_SEED_OFFSET`, not the training stream (`random.Random(seed)`);
+        right for generated tasks with a large example space. Dataset-backed tasks override it with records
+        that training never draws (and may return fewer than `n`)."""
+        return examples(self, n, seed + HELD_OUT_SEED_OFFSET)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

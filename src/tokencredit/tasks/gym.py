@@ -2,11 +2,13 @@
 
 reasoning-gym datasets are procedural and indexable: item `i` of `create_dataset(name, seed, size)` is a
 pure function of `(seed, i)`, so an example keeps only its index and the verifier regenerates the item.
+Training samples items `0 … size−1`; the held-out set is items `size … size+held_out−1` (never sampled).
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 from tokencredit.tasks.base import Example, Task, extract_answer, format_answer
@@ -36,6 +38,7 @@ class ReasoningGymTask(Task):
         size: int = 100_000,
         instruction: str = DEFAULT_INSTRUCTION,
         answer_demonstrations: bool = False,
+        held_out: int = 1000,
         **config: Any,
     ) -> None:
         import reasoning_gym
@@ -43,21 +46,41 @@ class ReasoningGymTask(Task):
         if dataset not in reasoning_gym_names():
             known = ", ".join(reasoning_gym_names())
             raise ValueError(f"reasoning_gym: unknown dataset {dataset!r}; known: {known}")
+        if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
+            raise ValueError(f"reasoning_gym:{dataset}: held_out: expected a count of items >= 0, got {held_out!r}")
         try:
             self._dataset = reasoning_gym.create_dataset(dataset, seed=seed, size=size, **config)
         except (TypeError, ValueError, AssertionError) as err:
             raise ValueError(f"reasoning_gym:{dataset}: invalid options {config!r} ({err})") from err
+        self._create = lambda n: reasoning_gym.create_dataset(dataset, seed=seed, size=n, **config)
+        self._held_out_dataset = None  # items size … size+held_out−1, made when first needed
+        self.size = len(self._dataset)
+        self.held_out_size = held_out
         self.name = f"reasoning_gym:{dataset}"
         self.dataset = dataset
         self.instruction = instruction
         self.answer_demonstrations = answer_demonstrations
 
     def item(self, index: int) -> dict[str, Any]:
-        """The raw reasoning-gym entry (question, answer, metadata) at `index`."""
-        return self._dataset[index]
+        """The raw reasoning-gym entry (question, answer, metadata) at `index` (a held-out one from `size` on)."""
+        if index < self.size:
+            return self._dataset[index]
+        if self._held_out_dataset is None:
+            self._held_out_dataset = self._create(self.size + self.held_out_size)
+        return self._held_out_dataset[index]
+
+    def held_out(self, n: int, seed: int) -> list[Example]:
+        """Items `size … size+min(n, held_out)−1` of the dataset: never sampled for training (`seed` unused)."""
+        if self.held_out_size == 0:
+            warnings.warn(f"{self.name}: task_params.held_out=0, so there is no held-out set; evaluating on "
+                          "training items", stacklevel=2)
+            return super().held_out(n, seed)
+        return [self._example(self.size + i) for i in range(min(n, self.held_out_size))]
 
     def sample(self, rng: random.Random) -> Example:
-        index = rng.randrange(len(self._dataset))
+        return self._example(rng.randrange(self.size))
+
+    def _example(self, index: int) -> Example:
         entry = self.item(index)
         answer = str(entry["answer"])
         prompt = entry["question"] + ("\n" + self.instruction if self.instruction else "")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tokencredit.recipes import PRESETS
+from tokencredit.recipes import PRESETS, recipe
 
 
 class _Strict(BaseModel):
@@ -101,6 +102,8 @@ class TrainConfig(_Strict):
     task_params: dict[str, Any] = Field(default_factory=dict)
     recipe: str = "grpo"
     recipe_overrides: dict[str, Any] = Field(default_factory=dict)
+    verifier_timeout: float = Field(2.0, ge=0, description="seconds a verifier may take per response before it "
+                                    "scores 0 (counted as verifier_timeouts); 0: no limit")
     device: str = "cpu"
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     checkpoint_every: int = Field(20, ge=1)
@@ -119,9 +122,41 @@ class TrainConfig(_Strict):
             raise ValueError(f"unknown preset {value!r}; presets: {sorted(PRESETS)}")
         return value
 
+    @model_validator(mode="after")
+    def _valid_recipe(self) -> TrainConfig:
+        """The recipe with its overrides is made now, so an unknown field or a bad parameter value is a config
+        error naming it, before anything runs."""
+        try:
+            recipe(self.recipe, **self.recipe_overrides)
+        except ValidationError as err:
+            raise ValueError("recipe_overrides: " + "; ".join(validation_messages(err))) from None
+        return self
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+
+def validation_messages(err: ValidationError) -> list[str]:
+    """One `field: message` per error of a pydantic `ValidationError` (no input echo, no URL)."""
+    out = []
+    for e in err.errors():
+        loc = ".".join(map(str, e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
+
+
+def _yaml_error(where: str, err: yaml.YAMLError) -> ValueError:
+    mark = getattr(err, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return ValueError(f"{where}: not valid YAML{at} ({problem})")
+
+
+def _parse_value(text: str, key: str = "") -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as err:
+        raise _yaml_error(f"--set {key}", err) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -136,7 +171,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part!r} is not a section")
-        node[leaf] = _parse_value(text)
+        node[leaf] = _parse_value(text, key.strip())
     return data
 
 
@@ -144,7 +179,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """A validated `TrainConfig` from an optional YAML file plus overrides; errors name the bad field."""
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise _yaml_error(f"config {path}", err) from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"config {path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"config {path}: expected a mapping at the top level")
         data = loaded or {}
@@ -152,5 +192,91 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:
-        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
-        raise ValueError("invalid training config:\n" + "\n".join(lines)) from None
+        raise ValueError("invalid training config: " + "; ".join(validation_messages(err))) from None
+
+
+# ---------------------------------------------------------------------------------------------- run record
+RUN_RECORD = "run_config.json"  # in every run folder and checkpoint: the resolved config and the version
+# fields a resumed run may change: where the run lives, how it is logged, how fast it runs, when it checkpoints,
+# and rl.steps (to extend a finished run or stop earlier). Everything else defines the experiment.
+SAFE_TO_CHANGE = ("out", "rl.steps", "log", "threads", "device", "checkpoint_every")
+
+
+def run_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What a run folder and each checkpoint record: the full resolved config and the tokencredit version."""
+    from tokencredit import __version__
+
+    return {"tokencredit_version": __version__, "config": cfg.model_dump(mode="json")}
+
+
+def write_run_record(folder: Path, cfg: TrainConfig) -> None:
+    path = Path(folder) / RUN_RECORD
+    tmp = path.with_name(f".{RUN_RECORD}.tmp")
+    tmp.write_text(json.dumps(run_record(cfg), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_run_record(folder: Path) -> dict[str, Any] | None:
+    """The record `write_run_record` wrote in `folder`, or None where there is none; a ValueError naming the file
+    when it is unreadable."""
+    path = Path(folder) / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a run record ({err})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise ValueError(f"{path}: not a run record (no 'config' mapping)")
+    return record
+
+
+def recorded_config(record: dict[str, Any], where: Path | str) -> TrainConfig:
+    """The `TrainConfig` of a run record."""
+    try:
+        return TrainConfig.model_validate(record["config"])
+    except (ValidationError, ValueError) as err:
+        detail = "; ".join(validation_messages(err)) if isinstance(err, ValidationError) else str(err)
+        raise ValueError(f"{where}: the recorded config is not valid here ({detail})") from None
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of nested mappings by dotted key (an empty mapping has none)."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def _normalized(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with today's defaults for fields it predates (so a newer version's new field is not a
+    difference); as recorded when it no longer validates."""
+    try:
+        return TrainConfig.model_validate(config).model_dump(mode="json")
+    except (ValidationError, ValueError):
+        return config
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = SAFE_TO_CHANGE
+                       ) -> dict[str, tuple[Any, Any]]:
+    """`{dotted key: (old, new)}` for every leaf where two config dumps differ, except keys in (or under) `ignore`.
+    Fields a recorded config predates count as their defaults; a key only one side has is compared with
+    `<absent>`. The `vllm` section counts only where a side samples with vLLM (`rl.sampler`)."""
+    a, b = _flat(_normalized(old)), _flat(_normalized(new))
+    ignored = tuple(ignore)
+    if a.get("rl.sampler") == b.get("rl.sampler") == "transformers":
+        ignored += ("vllm",)  # the engine settings of a run that never starts an engine
+    out = {}
+    for key in sorted(set(a) | set(b)):
+        if any(key == i or key.startswith(i + ".") for i in ignored):
+            continue
+        left, right = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if left != right:
+            out[key] = (left, right)
+    return out
+
+
+def describe_differences(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} ({left!r} → {right!r})" for key, (left, right) in diff.items())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -18,8 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tokencredit.inspect.plots import plot_accuracy
-from tokencredit.train.config import TrainConfig
+from tokencredit.train.config import TrainConfig, config_differences, describe_differences, run_record
 from tokencredit.train.trainer import train
+
+DEMO_RECORD = "demo.json"  # the demo's settings (its config before the per-preset recipe), in the demo folder
+# what may differ between two demos in one folder: where it lives, how it logs and how fast it runs
+DEMO_SAFE_TO_CHANGE = ("out", "recipe", "log", "threads", "device", "checkpoint_every")
 
 
 def demo_config(out: Path, **overrides: Any) -> TrainConfig:
@@ -96,11 +101,50 @@ def run_parallel(jobs: dict[str, tuple[TrainConfig, str | None]], workers: int, 
     return results
 
 
+def _demo_products(out: Path, record: dict[str, Any] | None, presets: list[str]) -> list[Path]:
+    """What a demo writes in `out` (its own files and run folders: the warm start, each preset's run) and
+    nothing else."""
+    names = ["sft", *presets, *((record or {}).get("presets") or [])]
+    runs = [out / n for n in dict.fromkeys(names) if (out / n).is_dir()]
+    files = [out / n for n in (DEMO_RECORD, "summary.json", "accuracy.png") if (out / n).is_file()]
+    return runs + files
+
+
+def prepare_demo_folder(out: Path, base: TrainConfig, presets: list[str], *, fresh: bool = False) -> None:
+    """Refuse a folder that holds another demo (different settings, or one that recorded none), naming the
+    differing settings; with `fresh`, delete that demo's files and runs first. Then record this demo."""
+    path = out / DEMO_RECORD
+    record = json.loads(path.read_text()) if path.is_file() else None
+    products = _demo_products(out, record, presets)
+    if record is None:
+        problem = "a demo that recorded no settings" if products else None
+    else:
+        diff = config_differences(record.get("config", {}), run_record(base)["config"], DEMO_SAFE_TO_CHANGE)
+        problem = f"another demo ({describe_differences(diff)})" if diff else None
+    if problem is not None:
+        if not fresh:
+            raise ValueError(f"{out} holds {problem}; pass --fresh to delete it and start afresh, or choose "
+                             "another --out")
+        for p in products:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        record = None
+    presets_done = list(dict.fromkeys([*((record or {}).get("presets") or []), *presets]))
+    path.write_text(json.dumps({**run_record(base), "presets": presets_done}, indent=2) + "\n")
+
+
 def run_demo(out: Path, presets: list[str], *, workers: int = 2, console: Console | None = None,
-             **overrides: Any) -> dict[str, dict[str, float]]:
-    """Warm start once, RL each preset from that checkpoint; write `summary.json` and `accuracy.png` to `out`."""
+             fresh: bool = False, **overrides: Any) -> dict[str, dict[str, float]]:
+    """Warm start once, RL each preset from that checkpoint; write `summary.json` and `accuracy.png` to `out`.
+
+    A folder that already holds this demo (same settings) continues it: finished runs are kept, unfinished ones
+    resume. A folder that holds another demo is refused, naming the differing settings, unless `fresh`, which
+    deletes that demo first."""
     console = console or Console()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out: cannot create the output folder {str(out)!r} ({err.strerror or err})") from err
+    prepare_demo_folder(out, demo_config(out, **overrides), presets, fresh=fresh)
     started = time.time()
     warm = demo_config(out / "sft", **{**overrides, "rl": {**overrides.get("rl", {}), "steps": 0}})
     console.print(f"[bold]warm start[/] on {warm.task} ({warm.sft.steps} steps) → {warm.out}")

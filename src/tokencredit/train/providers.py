@@ -122,7 +122,7 @@ class Providers:
         samples, group = self.rollout.sample(examples, needs.rollout)
         seconds = time.time() - started
         expanded = [examples[i] for i in group.tolist()]
-        reward, failures = safe_score(self.ctx.task, samples.texts, expanded)
+        reward, failures = safe_score(self.ctx.task, samples.texts, expanded, timeout_s=self.ctx.cfg.verifier_timeout)
         metrics = {"sample_seconds": seconds, "verifier_exceptions": failures.get("exception", 0),
                    "verifier_timeouts": failures.get("timeout", 0)}
         batch = Batch.from_samples(samples, reward, group, expanded, budget=self.ctx.sampler.max_new_tokens,

