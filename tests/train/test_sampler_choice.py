@@ -134,3 +134,33 @@ def test_resume_compares_the_sampler_and_its_engine_settings_only_where_an_engin
     predates["rl"] = {k: v for k, v in old["rl"].items() if k != "sampler"}
     assert config_differences(predates, old) == {}
     assert config_differences(predates, dump("rl.sampler=vllm")) == {"rl.sampler": ("transformers", "vllm")}
+
+
+def test_commands_sample_with_the_recorded_sampler_and_engine_settings(small_checkpoint, tmp_path, monkeypatch):
+    """eval, critical and inspect build the sampler the run recorded (`rl.sampler`, the `vllm` section) unless
+    `--sampler` is given; the sampler is asked for, not started (no vLLM here)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    import tokencredit.sampling as sampling
+    from tokencredit.cli import app
+    from tokencredit.train.config import write_run_record
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(small_checkpoint, checkpoint)
+    write_run_record(checkpoint, load_config(None, ["rl.sampler=vllm", "vllm.kv_cache_memory_bytes=1048576",
+                                                    "vllm.seed=5"]))
+    asked = []
+
+    def record(kind, model, tokenizer, *, path=None, engine=None, **settings):
+        asked.append((kind, path, engine["kv_cache_memory_bytes"], engine["seed"]))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(sampling, "make_sampler", record)
+    for command in ("eval", "critical", "inspect"):
+        for given in ([], ["--sampler", "transformers"]):
+            result = CliRunner().invoke(app, [command, "--checkpoint", str(checkpoint), *given],
+                                        env={"COLUMNS": "200"})
+            assert result.exit_code == 2 and "stop here" in result.output, result.output
+    assert asked == [(kind, checkpoint, 2**20, 5) for _ in range(3) for kind in ("vllm", "transformers")]

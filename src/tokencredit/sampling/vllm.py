@@ -66,8 +66,8 @@ def cpu_attention_supports(head_dim: int) -> bool:
 
 class VLLMSampler:
     """Batched sampling with a vLLM engine that mirrors `model` (a transformers causal LM) and was loaded from
-    `path` (a local folder with the model's config and tokenizer; the weights come from `model`, or from `path` when
-`model` is None); see the module docstring.
+    `path` (a local folder with the model's config and tokenizer; the weights come from `model`, or from `path`
+    when `model` is None); see the module docstring.
 
     Engine settings: `dtype` (float32: the trainer's; another dtype makes the first-epoch ratio deviate by that
     precision), `enforce_eager` (True: no torch.compile / CUDA graphs, the engine starts in ≈12 s on CPU; set False

@@ -55,8 +55,8 @@ def test_eval_with_vllm(one_engine, tiny_model):
     result = run("eval", "--checkpoint", tiny_model, "--sampler", "vllm", "--size", 8, "--pass-k", 2,
                  "--max-new-tokens", 12, "--temperature", 0.7)
     metrics = json.loads(result.stdout)  # vLLM's logs go to stderr
-    assert set(metrics) == {"accuracy", "pass@2"} and CALLS[-1] == {"temperature": 0.7, "top_p": 1.0,
-                                                                     "max_new_tokens": 12}
+    assert {"accuracy", "pass@2"} <= set(metrics) and metrics["examples"] == 8
+    assert CALLS[-1] == {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 12}
 
 
 def test_critical_with_vllm(one_engine, tiny_model, tmp_path):
