@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 import tokencredit.sampling as sampling
 import tokencredit.train.trainer as trainer_module
 from tokencredit.cli import app
+from tokencredit.models import load_model
 from tokencredit.sampling.vllm import VLLMSampler
 from tokencredit.train import Trainer, load_config
+from tokencredit.train.config import VLLMConfig
 
 CALLS: list[dict] = []
 
@@ -40,6 +42,10 @@ def one_engine(tiny_model):
     patch = pytest.MonkeyPatch()
     patch.setattr(sampling, "make_sampler", shared)
     patch.setattr(trainer_module, "make_sampler", shared)
+    # started here, outside CliRunner: vLLM points its log handler at the sys.stderr of the moment it starts,
+    # and CliRunner closes its stand-in stderr when a command returns
+    shared("vllm", *load_model(tiny_model), path=tiny_model, engine=VLLMConfig().engine(0))
+    CALLS.clear()
     yield made
     patch.undo()
     made.clear()
