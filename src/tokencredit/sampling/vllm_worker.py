@@ -6,27 +6,35 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-# vLLM's in-place reload warns "<layer>: Failed to load weights" for a layer that has tensors but received none,
-# and then keeps that layer's tensors. For the rotary embedding that is expected on every update: its cos/sin
-# cache is computed by vLLM, never part of a checkpoint (the first-load check confirms the log-probs).
+# vLLM's in-place reload warns "<layer>: Failed to load weights" for a layer that has tensors but received none in
+# the update, and keeps that layer's tensors. Two are expected on every update and dropped from the log: the rotary
+# embedding (its cos/sin cache is computed by vLLM, never part of a checkpoint) and, with tied embeddings, the
+# `lm_head` (its weight is the embedding's, which the update loads; the head is processed again below). The
+# first-load check and the lane's weight-update tests confirm the log-probs.
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
-COMPUTED_LAYERS = ("RotaryEmbedding",)
-
-
-def _expected_reload_warning(record: logging.LogRecord) -> bool:
-    return record.msg == "%s: Failed to load weights" and bool(record.args) and record.args[0] in COMPUTED_LAYERS
+FAILED_LOAD = "%s: Failed to load weights"
 
 
 class _DropExpected(logging.Filter):
+    """Drops `FAILED_LOAD` records for the layer classes in `expected`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected: frozenset[str] = frozenset()
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not _expected_reload_warning(record)
+        return not (record.msg == FAILED_LOAD and bool(record.args) and record.args[0] in self.expected)
 
 
-def quiet_expected_reload_warnings() -> None:
-    """Drop the reload warning for layers whose tensors vLLM computes itself (`COMPUTED_LAYERS`); once."""
+_EXPECTED = _DropExpected()
+
+
+def expect_unloaded(layers: set[str]) -> None:
+    """Drop the reload warning for these layer classes (and only these) from now on."""
     logger = logging.getLogger(RELOAD_LOGGER)
-    if not any(isinstance(f, _DropExpected) for f in logger.filters):
-        logger.addFilter(_DropExpected())
+    if _EXPECTED not in logger.filters:
+        logger.addFilter(_EXPECTED)
+    _EXPECTED.expected = frozenset(layers)
 
 
 class WeightSync:
@@ -40,11 +48,11 @@ class WeightSync:
         tied embeddings the CPU backend's `lm_head` keeps a GEMM handle prepacked from the *old* embedding, and
         the update fails silently (log-probs off by up to 3.6 nats, measured). So the head is processed again
         here; on GPU that processing is a no-op."""
-        quiet_expected_reload_warnings()
-        self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         model = self.get_model()
-        config = getattr(model, "config", None)
+        tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+        expect_unloaded({"RotaryEmbedding", *(["ParallelLMHead"] if tied else [])})
+        self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         head = getattr(model, "lm_head", None)
         method = getattr(head, "quant_method", None)
-        if getattr(config, "tie_word_embeddings", False) and hasattr(method, "process_weights_after_loading"):
+        if tied and hasattr(method, "process_weights_after_loading"):
             method.process_weights_after_loading(head)
