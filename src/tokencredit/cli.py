@@ -41,7 +41,7 @@ def _describe_error(err: BaseException) -> str:
     """One line for a user error: pydantic's field errors joined, an OSError's reason and path."""
     from pydantic import ValidationError
 
-    from tokencredit.train.config import validation_messages
+    from tokencredit.recipes import validation_messages
 
     if isinstance(err, ValidationError):
         return "; ".join(validation_messages(err))
@@ -116,6 +116,9 @@ MAX_NEW_TOKENS = typer.Option(None, min=1, help=f"token budget of a response ({R
                                                 "else 48)")
 SEED = typer.Option(None, help=f"the training seed: selects the same held-out set as training ({RECORDED} seed, "
                                "else 0)")
+SAMPLER = typer.Option(None, "--sampler", help="transformers, or vllm: a vLLM engine with the run's recorded `vllm` "
+                                               f"settings (docs/training.md) ({RECORDED} rl.sampler, else "
+                                               "transformers)")
 
 
 def _task_params(items: list[str]) -> dict[str, Any]:
@@ -160,6 +163,10 @@ def _run_settings(checkpoint: Path, task: str | None, task_param: list[str], *, 
     params = _task_params(task_param)
     if task is None or task == base.task:
         task, params = base.task, {**base.task_params, **params}
+    from tokencredit.sampling import SAMPLERS
+
+    if rl.get("sampler") not in (None, *SAMPLERS):
+        raise ValueError(f"--sampler: expected one of {', '.join(SAMPLERS)}, got {rl['sampler']!r}")
     given = {"temperature": temperature, "max_new_tokens": max_new_tokens, **rl}
     data = base.model_dump()
     data.update(task=task, task_params=params, seed=base.seed if seed is None else seed, device="cpu")
@@ -172,7 +179,8 @@ def _note_settings(run: RunSettings, what: str) -> None:
     source = f"recorded in {run.recorded}" if run.recorded else "no recorded config found: defaults"
     err_console.print(escape(f"{run.checkpoint}: {what}; task {cfg.task} {json.dumps(cfg.task_params)}, seed "
                              f"{cfg.seed}, temperature {cfg.rl.temperature:g}, top_p {cfg.rl.top_p:g}, max_new_tokens "
-                             f"{cfg.rl.max_new_tokens} ({source}, unless given)"), style="dim", soft_wrap=True)
+                             f"{cfg.rl.max_new_tokens}, sampler {cfg.rl.sampler} ({source}, unless given)"),
+                      style="dim", soft_wrap=True)
 
 
 def _task_and_model(run: RunSettings) -> tuple[Any, Any, Any]:
@@ -184,15 +192,16 @@ def _task_and_model(run: RunSettings) -> tuple[Any, Any, Any]:
 
 
 def _sampler(run: RunSettings, model: Any, tokenizer: Any) -> Any:
-    """A sampler of the checkpoint's model with the run's sampling settings; torch seeded with the run's seed."""
+    """A sampler of the checkpoint's model with the run's sampling settings (`rl.sampler`; vLLM with the run's
+    `vllm` settings, loaded from the checkpoint); torch seeded with the run's seed."""
     import torch
 
-    from tokencredit.sampling import TransformersSampler
+    from tokencredit.sampling import make_sampler
 
     torch.manual_seed(run.cfg.seed)
     rl = run.cfg.rl
-    return TransformersSampler(model, tokenizer, temperature=rl.temperature, top_p=rl.top_p,
-                               max_new_tokens=rl.max_new_tokens)
+    return make_sampler(rl.sampler, model, tokenizer, path=run.checkpoint, temperature=rl.temperature,
+                        top_p=rl.top_p, max_new_tokens=rl.max_new_tokens, engine=run.cfg.vllm.engine(run.cfg.seed))
 
 
 def _held_out_sampler(run: RunSettings, prompts: int) -> tuple[Any, Any, Any, list[Any]]:
@@ -288,6 +297,7 @@ def evaluate_checkpoint(
     verifier_timeout: float | None = typer.Option(
         None, min=0, help=f"seconds a verifier may take per response ({RECORDED} verifier_timeout, else 2; "
                           "0: no limit)"),
+    sampler_kind: str | None = SAMPLER,
 ) -> None:
     """Greedy accuracy and pass@k of a checkpoint on its run's held-out set, as the run evaluated it.
 
@@ -296,7 +306,7 @@ def evaluate_checkpoint(
     from tokencredit.train.evaluate import evaluate
 
     run = _run_settings(checkpoint, task, task_param, seed=seed, temperature=temperature,
-                        max_new_tokens=max_new_tokens)
+                        max_new_tokens=max_new_tokens, sampler=sampler_kind)
     ev = run.cfg.eval
     size, pass_k = size or ev.size, pass_k or ev.pass_k
     pass_k_size = pass_k_size or ev.pass_k_size
@@ -334,6 +344,7 @@ def critical(
                           "rl.max_new_tokens, else 48)"),
     seed: int | None = SEED,
     out: Path = typer.Option(Path("critical_tokens.jsonl"), help="one JSON line per failed response"),
+    sampler_kind: str | None = SAMPLER,
 ) -> None:
     """Critical tokens of a checkpoint's failed responses: where sampled continuations stop succeeding (cDPO)."""
     from tokencredit.analysis import critical_tokens
@@ -344,7 +355,7 @@ def critical(
     if mode not in MODES:
         _fail(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
     run = _run_settings(checkpoint, task, task_param, seed=seed, temperature=temperature,
-                        max_new_tokens=max_new_tokens)
+                        max_new_tokens=max_new_tokens, sampler=sampler_kind)
     _note_settings(run, "critical tokens")
     places: dict[int, dict[str, int]] = {}  # --records: a line's place in the records (step, group, response)
     if responses is not None and records is not None:
@@ -458,6 +469,7 @@ def inspect_credit(
     max_new_tokens: int | None = MAX_NEW_TOKENS,
     seed: int | None = SEED,
     out: Path = typer.Option(Path("token_credit.html"), help="the HTML report (a large run: also OUT-2.html, ...)"),
+    sampler_kind: str | None = SAMPLER,
 ) -> None:
     """Which tokens get the credit: a run's recorded groups (RUN), or one sampled batch under several recipes.
 
@@ -486,7 +498,7 @@ def inspect_credit(
         _fail(f"--recipes: each preset once, got {names}")
     chosen = [tc.recipe(n) for n in names]
     run = _run_settings(checkpoint, task, task_param, seed=seed, temperature=temperature,
-                        max_new_tokens=max_new_tokens, group_size=group_size)
+                        max_new_tokens=max_new_tokens, sampler=sampler_kind, group_size=group_size)
     _note_settings(run, f"group size {run.cfg.rl.group_size}")
     checkpoint = run.checkpoint
     the_task, tokenizer, sampler, held_out = _held_out_sampler(run, prompts)

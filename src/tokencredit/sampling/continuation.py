@@ -2,8 +2,8 @@
 
 Monte-Carlo credit (SPO segment values, critical-token search, PPPO continuation rewards) needs one thing from
 a generation backend: the rewards of k completions of a prefix. `ContinuationScorer` is that contract; any
-callable with this signature works (a vLLM backend, a stub in a test). `TaskContinuations` implements it
-with the trainer's `TransformersSampler` and a task's verifier.
+callable with this signature works (a stub in a test). `TaskContinuations` implements it with the trainer's
+sampler (`TransformersSampler` or `VLLMSampler`) and a task's verifier.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.rewards import safe_score
-from tokencredit.sampling.hf import TransformersSampler
+from tokencredit.sampling.base import Sampler
 from tokencredit.tasks import Example, Task
 
 
@@ -35,15 +35,15 @@ class ContinuationScorer(Protocol):
 
 
 class TaskContinuations:
-    """`ContinuationScorer` backed by a `TransformersSampler` and a `Task` verifier. Prefixes are processed in
-    chunks of `batch_size` rows (prefix × k) to bound memory.
+    """`ContinuationScorer` backed by a sampler (`TransformersSampler`, `VLLMSampler`) and a `Task` verifier.
+    Prefixes are processed in chunks of `batch_size` rows (prefix × k) to bound memory.
 
     A continuation gets the budget its response had: the sampler's `max_new_tokens` minus the prefix length,
     so prefix + continuation is never longer than a sampled response can be (a prefix that already fills the
-    budget is scored as it is). `exclude_first` is passed on to `TransformersSampler.continue_from`; a prefix
+    budget is scored as it is). `exclude_first` is passed on to the sampler's `continue_from`; a prefix
     with an excluded first token needs at least one token of budget left."""
 
-    def __init__(self, sampler: TransformersSampler, task: Task, batch_size: int = 512) -> None:
+    def __init__(self, sampler: Sampler, task: Task, batch_size: int = 512) -> None:
         self.sampler, self.task, self.batch_size = sampler, task, batch_size
 
     def __call__(self, examples: Sequence[Example], prefixes: Sequence[Sequence[int]], k: int,

@@ -55,14 +55,16 @@ class _ExcludeFirst(LogitsProcessor):
 @dataclass
 class Samples:
     """N sampled responses. Prompts are left-padded `[N,P]`, responses right-padded `[N,T]`; `response_mask`
-    covers the response tokens up to and including EOS."""
+    covers the response tokens up to and including EOS. `logprob`: the sampled tokens' log-probs under the full
+    tempered distribution; `entropy`: that distribution's entropy; either is None when the sampler does not
+    compute it (`tokencredit.sampling.base` says when)."""
 
     prompt_ids: Tensor
     prompt_mask: Tensor
     response_ids: Tensor
     response_mask: Tensor
-    logprob: Tensor
-    entropy: Tensor
+    logprob: Tensor | None
+    entropy: Tensor | None
     truncated: Tensor
     texts: list[str]
 
@@ -85,6 +87,9 @@ class TransformersSampler:
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id
+
+    def sync_weights(self) -> None:
+        """Nothing to do: this sampler generates with the training model itself."""
 
     def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)

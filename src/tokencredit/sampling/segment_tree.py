@@ -18,25 +18,31 @@ from dataclasses import dataclass
 
 import torch
 
-from tokencredit.sampling.hf import Samples, TransformersSampler
+from tokencredit.sampling.base import Sampler
+from tokencredit.sampling.hf import Samples
 
 
 @dataclass
 class _Node:
     prompt: int
     tokens: list[int]
-    logprob: list[float]
-    entropy: list[float]
+    logprob: list[float] | None  # None: the sampler does not record it (tokencredit.sampling.base)
+    entropy: list[float] | None
     ended: bool = False  # reached EOS: a leaf
 
 
+def _joined(head: list[float] | None, rows: list[list[float]] | None, r: int, n: int) -> list[float] | None:
+    return None if head is None or rows is None else head + rows[r][:n]
+
+
 def sample_segment_tree(
-    sampler: TransformersSampler, prompts: list[str], branching: Sequence[int], segment_tokens: int
+    sampler: Sampler, prompts: list[str], branching: Sequence[int], segment_tokens: int
 ) -> tuple[Samples, torch.Tensor]:
     """Leaves of one sampled segment tree per prompt, and the prompt index `[N]` of each leaf.
 
     At most `prod(branching)` leaves per prompt (fewer when segments end early). Behaviour log-probs and
-    entropies are those recorded while sampling each segment, concatenated along the leaf's path.
+    entropies are those recorded while sampling each segment, concatenated along the leaf's path (None when the
+    sampler records none).
     """
     if not branching or any(k < 1 for k in branching) or segment_tokens < 1:
         raise ValueError(f"branching, segment_tokens: expected positive integers, got {list(branching)}, "
@@ -51,11 +57,13 @@ def sample_segment_tree(
         out = sampler.continue_from([prompts[n.prompt] for n in open_nodes], [n.tokens for n in open_nodes], k,
                                     max_new_tokens=budget if final else min(segment_tokens, budget))
         lengths = out.response_mask.sum(-1).tolist()
-        ids, logprob, entropy = out.response_ids.tolist(), out.logprob.tolist(), out.entropy.tolist()
+        ids = out.response_ids.tolist()
+        logprob = None if out.logprob is None else out.logprob.tolist()
+        entropy = None if out.entropy is None else out.entropy.tolist()
         ended = (~out.truncated).tolist()
         children = [
-            _Node(parent.prompt, parent.tokens + ids[r][:n], parent.logprob + logprob[r][:n],
-                  parent.entropy + entropy[r][:n], ended[r])
+            _Node(parent.prompt, parent.tokens + ids[r][:n], _joined(parent.logprob, logprob, r, n),
+                  _joined(parent.entropy, entropy, r, n), ended[r])
             for r, (parent, n) in enumerate(zip((p for p in open_nodes for _ in range(k)), lengths))
         ]
         nodes = [n for n in nodes if n.ended] + children
@@ -63,13 +71,18 @@ def sample_segment_tree(
     return _pack(sampler, prompts, nodes), torch.tensor([n.prompt for n in nodes])
 
 
-def _pack(sampler: TransformersSampler, prompts: list[str], nodes: list[_Node]) -> Samples:
+def _pack(sampler: Sampler, prompts: list[str], nodes: list[_Node]) -> Samples:
     width = max(1, max(len(n.tokens) for n in nodes))
     length = torch.tensor([len(n.tokens) for n in nodes])
     response_mask = torch.arange(width)[None, :] < length[:, None]
 
-    def padded(rows: list[list], fill: float, dtype: torch.dtype) -> torch.Tensor:
+    def padded(rows: list[list | None], fill: float, dtype: torch.dtype) -> torch.Tensor | None:
+        if any(r is None for r in rows):
+            return None
         return torch.tensor([r + [fill] * (width - len(r)) for r in rows], dtype=dtype)
+
+    logprob = padded([n.logprob for n in nodes], 0.0, torch.float32)
+    entropy = padded([n.entropy for n in nodes], 0.0, torch.float32)
 
     prompt_ids, prompt_mask = sampler.encode_prompts([prompts[n.prompt] for n in nodes])
     device = prompt_ids.device
@@ -78,8 +91,8 @@ def _pack(sampler: TransformersSampler, prompts: list[str], nodes: list[_Node]) 
         prompt_mask=prompt_mask,
         response_ids=padded([n.tokens for n in nodes], sampler.pad_id, torch.long).to(device),
         response_mask=response_mask.to(device),
-        logprob=padded([n.logprob for n in nodes], 0.0, torch.float32).to(device),
-        entropy=padded([n.entropy for n in nodes], 0.0, torch.float32).to(device),
+        logprob=None if logprob is None else logprob.to(device),
+        entropy=None if entropy is None else entropy.to(device),
         truncated=torch.tensor([not n.ended for n in nodes], device=device),
         texts=sampler.tokenizer.batch_decode([n.tokens for n in nodes], skip_special_tokens=True),
     )

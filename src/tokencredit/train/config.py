@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tokencredit.recipes import PRESETS, recipe
+from tokencredit.recipes import PRESETS, recipe, validation_messages
 
 
 class _Strict(BaseModel):
@@ -36,6 +36,9 @@ class RLConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     ppo_epochs: int = Field(1, ge=1)
+    sampler: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers: generate with the training model; vllm: a vLLM engine that "
+                                    "mirrors it (settings in the `vllm` section; docs/training.md)")
     minibatch_size: int = Field(128, ge=1, description="responses per optimizer step")
     micro_batch_size: int = Field(64, ge=1, description="responses per forward/backward (and per no-grad pass of the "
                                   "reference model and the critic)")
@@ -55,6 +58,27 @@ class CriticConfig(_Strict):
     warmup: int = Field(3, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+
+
+class VLLMConfig(_Strict):
+    """Engine settings of `rl.sampler: vllm` (`tokencredit.sampling.vllm.VLLMSampler`); ignored otherwise."""
+
+    dtype: str = Field("float32", description="the engine's dtype; float32 matches the trainer's model")
+    enforce_eager: bool = Field(True, description="no torch.compile / CUDA graphs: fast start (CPU); False on GPU")
+    kv_cache_memory_bytes: int | None = Field(
+        64 * 2**20, ge=1, description="KV cache size; null sizes it by gpu_memory_utilization (on CPU: of RAM)")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=1, description="null: the model's context length")
+    seed: int | None = Field(None, description="the engine's seed; null: the run's seed")
+    in_process: bool = Field(True, description="run the engine core in the trainer's process")
+    check_update: float | None = Field(
+        1e-3, gt=0, description="max |Δ log-prob| between engine and model after the first weight update; "
+                                "null: no check")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="other vllm.LLM keyword arguments")
+
+    def engine(self, run_seed: int) -> dict[str, Any]:
+        """`VLLMSampler`'s engine keyword arguments, the seed defaulting to the run's."""
+        return {**self.model_dump(), "seed": run_seed if self.seed is None else self.seed}
 
 
 class EvalConfig(_Strict):
@@ -96,6 +120,7 @@ class TrainConfig(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)
@@ -116,18 +141,6 @@ class TrainConfig(_Strict):
         except ValidationError as err:
             raise ValueError("recipe_overrides: " + "; ".join(validation_messages(err))) from None
         return self
-
-
-def validation_messages(err: ValidationError) -> list[str]:
-    """One `field: message` per error of a pydantic `ValidationError` (no input echo, no URL)."""
-    out = []
-    for e in err.errors():
-        loc = ".".join(map(str, e["loc"]))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        out.append(f"{loc}: {msg}" if loc else msg)
-    return out
 
 
 def _yaml_error(where: str, err: yaml.YAMLError) -> ValueError:
@@ -249,9 +262,11 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[s
                        ) -> dict[str, tuple[Any, Any]]:
     """`{dotted key: (old, new)}` for every leaf where two config dumps differ, except keys in (or under) `ignore`.
     Fields a recorded config predates count as their defaults; a key only one side has is compared with
-    `<absent>`."""
+    `<absent>`. The `vllm` section counts only where a side samples with vLLM (`rl.sampler`)."""
     a, b = _flat(_normalized(old)), _flat(_normalized(new))
     ignored = tuple(ignore)
+    if a.get("rl.sampler") == b.get("rl.sampler") == "transformers":
+        ignored += ("vllm",)  # the engine settings of a run that never starts an engine
     out = {}
     for key in sorted(set(a) | set(b)):
         if any(key == i or key.startswith(i + ".") for i in ignored):

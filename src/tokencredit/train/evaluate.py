@@ -8,7 +8,7 @@ from math import comb
 import torch
 
 from tokencredit.rewards import safe_score
-from tokencredit.sampling.hf import TransformersSampler
+from tokencredit.sampling.base import Sampler
 from tokencredit.tasks import Example, Task
 
 
@@ -20,7 +20,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate(
-    sampler: TransformersSampler,
+    sampler: Sampler,
     task: Task,
     examples: Sequence[Example],
     *,

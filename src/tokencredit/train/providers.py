@@ -7,11 +7,14 @@ beside itself and no trainer code changes:
     prompts   uniform (default)    `next(n) -> list[Example]`               before each step
     rollout   independent (def.)   `sample(examples, request) -> (Samples, group)`   to sample a batch
               segment_tree
-    input     ref_logprob, ...     `provide(batch) -> [N,T,...]`            for each needed input the sampler lacks
+    input     ref_logprob,         `provide(batch) -> [N,T,...]`            for each needed input the sampler lacks
+              logprob, entropy
     values    monte_carlo, critic  `provide(batch, request) -> Batch`       after the inputs (fills `value`)
     policy    entropy              function `(logp [n,w,V], tokens) -> [n,w]` in every training forward pass
 
-The sampler already records `tokens`, `logprob`, `entropy`, `truncated` and `budget`. A provider class takes a
+The transformers sampler records `tokens`, `logprob`, `entropy`, `truncated` and `budget`; the vLLM sampler records no
+`entropy` (and no `logprob` with top_p < 1), which the `entropy` and `logprob` input providers then supply from a
+no-grad pass of the policy, when the recipe needs them (`tokencredit.sampling.base`). A provider class takes a
 `RunContext`; `learn(batch, rows, step)` (after each policy optimizer step) and `save(folder)` (into each
 checkpoint; restore from `ctx.resume` when built) are optional hooks for providers that hold trained state.
 """
@@ -31,7 +34,8 @@ from torch import Tensor
 from tokencredit.needs import Needs, Request
 from tokencredit.recipes import Recipe
 from tokencredit.rewards import safe_score
-from tokencredit.sampling.hf import Samples, TransformersSampler, entropy, gathered, response_logits, tempered_logprobs
+from tokencredit.sampling.base import Sampler
+from tokencredit.sampling.hf import Samples, entropy, gathered, response_logits, tempered_logprobs
 from tokencredit.sampling.segment_tree import sample_segment_tree
 from tokencredit.tasks import Example, Task
 from tokencredit.train.batch import Batch
@@ -74,7 +78,7 @@ class RunContext:
 
     cfg: TrainConfig
     model: torch.nn.Module
-    sampler: TransformersSampler
+    sampler: Sampler
     task: Task
     rng: random.Random
     start: Path
@@ -199,6 +203,44 @@ class ReferenceLogprob(Provider):
         logprob = batch.per_token(lambda micro: policy_forward(self.model, micro, temperature, {})[0],
                                   self.ctx.cfg.rl.micro_batch_size)
         return logprob * batch.rollouts.mask
+
+
+class _SamplingPolicyPass(Provider):
+    """An input of the sampling distribution that the sampler did not record (the vLLM sampler: entropies; with
+    top_p < 1, log-probs), from a no-grad pass of the policy in eval mode at the sampling temperature. The policy
+    is the sampling policy here: collection runs before any update of the step, and a sampler with its own copy of
+    the weights (vLLM) loads them before it samples (`Sampler.sync_weights`). One forward pass per input."""
+
+    def quantity(self, logp: Tensor, tokens: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def provide(self, batch: Batch) -> Tensor:
+        model, temperature = self.ctx.model, self.ctx.cfg.rl.temperature
+        was_training = model.training
+        model.eval()
+        quantity = {"q": self.quantity}
+        try:
+            value = batch.per_token(lambda micro: policy_forward(model, micro, temperature, quantity)[1]["q"],
+                                    self.ctx.cfg.rl.micro_batch_size)
+        finally:
+            model.train(was_training)
+        return value * batch.rollouts.mask
+
+
+@register_provider("input", "logprob")
+class SamplingLogprob(_SamplingPolicyPass):
+    """Behaviour log-probs `[N,T]` (full tempered distribution) when the sampler did not record them."""
+
+    def quantity(self, logp: Tensor, tokens: Tensor) -> Tensor:
+        return gathered(logp, tokens)
+
+
+@register_provider("input", "entropy")
+class SamplingEntropy(_SamplingPolicyPass):
+    """Entropies `[N,T]` of the tempered sampling distribution when the sampler did not record them (vLLM)."""
+
+    def quantity(self, logp: Tensor, tokens: Tensor) -> Tensor:
+        return entropy(logp)
 
 
 @register_provider("policy", "entropy")

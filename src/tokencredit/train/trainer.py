@@ -29,7 +29,8 @@ from tokencredit.inspect.report import token_pieces
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.recipes import Recipe, recipe
 from tokencredit.rollouts import Credit
-from tokencredit.sampling.hf import TransformersSampler, policy_logprob
+from tokencredit.sampling.base import make_sampler
+from tokencredit.sampling.hf import policy_logprob
 from tokencredit.tasks import HELD_OUT_SEED_OFFSET, make_task
 from tokencredit.train.batch import Batch
 from tokencredit.train.checkpoint import (
@@ -140,9 +141,11 @@ class Trainer:
             create_tiny_model(self.init_path, seed=cfg.seed, **cfg.model.tiny)
         write_run_record(self.out, cfg)
         self.model, self.tokenizer = load_model(self.resume_from or self.init_path, device=cfg.device)
-        self.sampler = TransformersSampler(
-            self.model, self.tokenizer, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
-            max_new_tokens=cfg.rl.max_new_tokens,
+        # rl.sampler: transformers (generates with self.model) or vllm (an engine loaded from the same folder)
+        self.sampler = make_sampler(
+            cfg.rl.sampler, self.model, self.tokenizer, path=self.resume_from or self.init_path,
+            temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, max_new_tokens=cfg.rl.max_new_tokens,
+            engine=cfg.vllm.engine(cfg.seed),
         )
         self.state: dict[str, Any] = {"phase": "sft", "step": 0, "sft_accuracy": None, "history": []}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -273,6 +276,7 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
+            self.sampler.sync_weights()
             self.optimizer.zero_grad(set_to_none=True)
             self.state["step"] += 1
             self.state["global_step"] = self._global_step()
@@ -391,6 +395,7 @@ class Trainer:
                     first_ratio_dev = stats["ratio_max_dev"]
                 stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
                 self.optimizer.step()
+                self.sampler.sync_weights()  # a sampler with its own copy of the weights (vLLM) reloads them
                 self.optimizer.zero_grad(set_to_none=True)
                 trained_tokens += int(batch.rollouts.mask[rows].sum())
                 for key, value in self.providers.learn(batch, rows, step).items():
