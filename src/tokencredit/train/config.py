@@ -57,6 +57,59 @@ class CriticConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
 
 
+class PairsConfig(_Strict):
+    """Pair training (`mode: pairs`): a preference loss over pairs of responses, from the warm-started policy (the
+    frozen reference); every other mode ignores this section."""
+
+    data: str = Field("on_policy", description="on_policy: pairs sampled from the start policy on the task "
+                      "(a verified-correct and a verified-wrong response to one prompt); jsonl:PATH: "
+                      "{prompt, chosen, rejected} per line")
+    loss: str = Field("dpo", description="a preference loss (tc.names('preference'))")
+    loss_params: dict[str, Any] = Field(default_factory=dict, description="the loss's keyword parameters")
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1, description="pairs per optimizer step")
+    micro_batch_size: int = Field(16, ge=1, description="pairs per forward/backward")
+    lr: float = Field(1e-4, gt=0)
+    warmup: int = Field(3, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    prompts: int = Field(256, ge=1, description="on_policy: prompts drawn from the task")
+    samples: int = Field(8, ge=2, description="on_policy: responses sampled per prompt (at rl.temperature)")
+    critical_k: int = Field(8, ge=1, description="continuations per probed prefix of the critical-token search "
+                            "(run on the rejected responses when the loss reads critical tokens)")
+    critical_mode: Literal["scan", "binary"] = "binary"
+    guide: str | None = Field(None, description="model folder whose implicit token rewards supply token_reward")
+
+    @field_validator("data")
+    @classmethod
+    def _known_data(cls, value: str) -> str:
+        if value != "on_policy" and not (value.startswith("jsonl:") and len(value) > 6):
+            raise ValueError(f"expected on_policy or jsonl:PATH, got {value!r}")
+        return value
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        import tokencredit.preference  # noqa: F401  (registers the losses)
+        from tokencredit.registry import names
+
+        if value not in names("preference"):
+            raise ValueError(f"unknown preference loss {value!r}; losses: {names('preference')}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_params(self) -> PairsConfig:
+        from tokencredit.registry import parameters
+
+        known, any_keyword = parameters("preference", self.loss)
+        unknown = sorted(set(self.loss_params) - known - {"num_pairs"}) if not any_keyword else []
+        if unknown or "num_pairs" in self.loss_params:
+            bad = unknown or ["num_pairs"]
+            raise ValueError(f"loss_params: {bad} are not parameters of preference {self.loss!r} "
+                             f"(it takes {sorted(known - {'num_pairs'})}; num_pairs is the trainer's)")
+        return self
+
+
 class EvalConfig(_Strict):
     every: int = Field(10, ge=1)
     size: int = Field(200, ge=1)
@@ -76,6 +129,8 @@ class TrainConfig(_Strict):
     out: str = "runs/train"
     task: str = "chain_sum"
     task_params: dict[str, Any] = Field(default_factory=dict)
+    mode: Literal["rl", "pairs"] = Field("rl", description="after the warm start: rl (the recipe) or pairs (a "
+                                         "preference loss, the `pairs` section)")
     recipe: str = "grpo"
     recipe_overrides: dict[str, Any] = Field(default_factory=dict)
     verifier_timeout: float = Field(2.0, ge=0, description="seconds a verifier may take per response before it "
@@ -87,6 +142,7 @@ class TrainConfig(_Strict):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -10,6 +10,8 @@ beside itself and no trainer code changes:
     input     ref_logprob, ...     `provide(batch) -> [N,T,...]`            for each needed input the sampler lacks
     values    monte_carlo, critic  `provide(batch, request) -> Batch`       after the inputs (fills `value`)
     policy    entropy              function `(logp [n,w,V], tokens) -> [n,w]` in every training forward pass
+    pair_input   ref_logprob, ...  function `(ctx, PairBatch) -> {Pairs field: tensor}`   pairs mode (train/pairs.py)
+    pair_policy  kl                function `(ctx, PairBatch, side, logits) -> [B,T]`  pairs mode, forward pass
 
 The sampler already records `tokens`, `logprob`, `entropy`, `truncated` and `budget`. A provider class takes a
 `RunContext`; `learn(batch, rows, step)` (after each policy optimizer step) and `save(folder)` (into each
@@ -37,7 +39,7 @@ from tokencredit.tasks import Example, Task
 from tokencredit.train.batch import Batch
 from tokencredit.train.config import TrainConfig
 
-KINDS = ("prompts", "rollout", "input", "values", "policy")
+KINDS = ("prompts", "rollout", "input", "values", "policy", "pair_input", "pair_policy")
 _PROVIDERS: dict[tuple[str, str], Any] = {}
 
 
