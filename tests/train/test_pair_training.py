@@ -131,11 +131,11 @@ def test_micro_batches_give_the_batch_gradient(tiny):
             for a in range(5)]
     batch = collate(rows, sampler)
     ctx = PairContext(reference=model, params={"beta": 0.5})
-    for loss, params in (("dpo", {}), ("cdpo", {"weights": "critical", "window": 1}), ("sparsepo", {}),
-                         ("t_reg", {"source": "critical"}), ("tab_po", {}), ("ipo", {})):
+    # (each loss's own micro-batch exactness is tested on tensors; here: the trainer's path, inputs and policy KL)
+    for loss, params in (("cdpo", {"weights": "critical", "window": 1}), ("sparsepo", {})):
         needs = tc.registry.needs_of("preference", loss, params)
         grads = []
-        for micro in (5, 2, 1):
+        for micro in (5, 2):
             model.zero_grad()
             accumulate_pair_gradient(model, tc.get("preference", loss), {"beta": 0.5, **params}, ctx, batch, needs,
                                      micro)
@@ -242,3 +242,10 @@ def test_resume_refuses_another_pair_config(tmp_path):
     train(pair_config(tmp_path / "run", f"pairs.data=jsonl:{data}"))
     with pytest.raises(ValueError, match=r"pairs.loss \('dpo' → 'ipo'\)"):
         Trainer(pair_config(tmp_path / "run", f"pairs.data=jsonl:{data}", "pairs.loss=ipo"))
+
+
+def test_a_pad_id_inside_a_sampled_response_is_a_token(tiny, tmp_path):
+    _, tok = tiny
+    record = PairRecord(Example("1=", "1"), [5, tok.pad_token_id, 6], [7], rejected_end=False)
+    write_pairs(tmp_path / "p.jsonl", [record], tok)
+    assert read_pairs(tmp_path / "p.jsonl", tok) == [record]

@@ -90,10 +90,12 @@ def answer_of(record: dict[str, Any], where: str, task: Task, source_index: int 
     raise ValueError(f"{where}: missing field 'answer' (the {task.name} verifier compares the response with it)")
 
 
-def response_tokens(record: dict[str, Any], where: str, tokenizer: Any, field: str = "response") -> list[int]:
+def response_tokens(record: dict[str, Any], where: str, tokenizer: Any, field: str = "response", *,
+                    pad_ends: bool = True) -> list[int]:
     """The content token ids of a record's response `field`: `<field>_ids` (checked against the tokenizer's
-    vocabulary) or else the text `<field>` tokenized without special tokens; trailing EOS and pad ids removed, an
-    earlier one an error naming the line."""
+    vocabulary) or else the text `<field>` tokenized without special tokens; trailing EOS (and, with `pad_ends`,
+    pad) ids removed, an earlier one an error naming the line. `pad_ends=False` keeps pad ids as tokens (a
+    sampled response may contain the pad id: only EOS ends it)."""
     if f"{field}_ids" in record:
         ids = record[f"{field}_ids"]
         vocab = len(tokenizer)
@@ -108,7 +110,7 @@ def response_tokens(record: dict[str, Any], where: str, tokenizer: Any, field: s
         ids = tokenizer(record[field], add_special_tokens=False)["input_ids"]
     else:
         raise ValueError(f"{where}: missing field '{field}_ids' or '{field}'")
-    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id if pad_ends else None} - {None}
     content = len(ids)
     while content and ids[content - 1] in ends:
         content -= 1

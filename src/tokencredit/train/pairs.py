@@ -95,12 +95,11 @@ def read_pairs(path: str | Path, tokenizer: Any) -> list[PairRecord]:
             raise ValueError(f"{where}: field 'answer' must be a string or a number")
         fields: dict[str, Any] = {}
         for side in SIDES:
-            ids = response_tokens(record, where, tokenizer, side)
+            ids = response_tokens(record, where, tokenizer, side, pad_ends=False)
             given = record.get(f"{side}_ids")
             fields[side] = ids
             # a text ends with EOS; ids end with it when they did
-            eos = tokenizer.eos_token_id
-            fields[f"{side}_end"] = given is None or (len(given) > len(ids) and given[len(ids)] == eos)
+            fields[f"{side}_end"] = given is None or len(given) > len(ids)
             critical = record.get(f"{side}_critical", None)
             if f"{side}_critical" in record and critical is None:
                 critical = -1
