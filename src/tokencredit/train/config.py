@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tokencredit.recipes import PRESETS, recipe
 
@@ -97,17 +97,20 @@ class PairsConfig(_Strict):
             raise ValueError(f"unknown preference loss {value!r}; losses: {names('preference')}")
         return value
 
-    @model_validator(mode="after")
-    def _known_params(self) -> PairsConfig:
+    @field_validator("loss_params")
+    @classmethod
+    def _known_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from tokencredit.registry import parameters
 
-        known, any_keyword = parameters("preference", self.loss)
-        unknown = sorted(set(self.loss_params) - known - {"num_pairs"}) if not any_keyword else []
-        if unknown or "num_pairs" in self.loss_params:
-            bad = unknown or ["num_pairs"]
-            raise ValueError(f"loss_params: {bad} are not parameters of preference {self.loss!r} "
-                             f"(it takes {sorted(known - {'num_pairs'})}; num_pairs is the trainer's)")
-        return self
+        loss = info.data.get("loss")
+        if loss is None:  # the loss itself was refused
+            return value
+        known, any_keyword = parameters("preference", loss)
+        known -= {"pairs", "chosen_logprob", "rejected_logprob", "num_pairs"}  # what the trainer passes
+        unknown = sorted(set(value) - known) if not any_keyword else []
+        if unknown:
+            raise ValueError(f"{unknown} are not parameters of preference {loss!r} (it takes {sorted(known)})")
+        return value
 
 
 class EvalConfig(_Strict):
