@@ -12,7 +12,7 @@ from tokencredit.integrations.trl import TokenCreditDPOTrainer, check_loss
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.preference.cdpo import critical_token_weights
 
-PAIRS = [("3+4=", "7", "8"), ("2+2=", "4", "22"), ("5+1+1=", "7", "6"), ("7+0=", "7", "70")]
+PAIRS = [("3+4=", "7", "81"), ("2+2=", "4", "221"), ("5+1+1=", "7", "6"), ("7+0=", "7", "705")]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def reference(tmp_path_factory):
 
 def config(tmp_path, **extra):
     settings = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-                    per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3, seed=0, beta=0.5) | extra
+                    per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3, seed=0, beta=5.0) | extra
     return DPOConfig(**settings)
 
 
@@ -47,7 +47,7 @@ def batch_loss(trainer):
 
 def test_dpo_and_unit_weight_cdpo_match_trl_s_dpo_loss(tiny_model, reference, tmp_path):
     trl_loss = batch_loss(trainer_of(DPOTrainer, tiny_model, reference, tmp_path / "trl", dataset()))
-    assert trl_loss != pytest.approx(0.6931471805599453, abs=1e-3)  # the reference differs from the policy
+    assert abs(trl_loss - 0.6931471805599453) > 1e-4  # the reference differs from the policy
     ours = batch_loss(trainer_of(TokenCreditDPOTrainer, tiny_model, reference, tmp_path / "dpo", dataset(),
                                  loss="dpo"))
     assert ours == pytest.approx(trl_loss, rel=1e-5)
@@ -71,7 +71,7 @@ def per_token(model, prompt_ids, ids):
 def test_rollout_critical_weights_give_the_library_s_cdpo_loss(tiny_model, reference, tmp_path):
     critical = [0, 1, -1, 0]
     trainer = trainer_of(TokenCreditDPOTrainer, tiny_model, reference, tmp_path, dataset(rejected_critical=critical),
-                         loss="cdpo", loss_params={"weights": "critical", "window": 1, "floor": 0.1})
+                         loss="cdpo", loss_params={"weights": "critical", "floor": 0.1})
     got = batch_loss(trainer)
     policy, ref = load_model(tiny_model)[0], load_model(reference)[0]
     rows = [trainer.train_dataset[i] for i in range(len(PAIRS))]
@@ -85,11 +85,12 @@ def test_rollout_critical_weights_give_the_library_s_cdpo_loss(tiny_model, refer
             for i, r in enumerate(rows):
                 fields[name][i, : len(r[f"{side}_ids"])] = per_token(model, r["prompt_ids"], r[f"{side}_ids"])
     index = torch.tensor(critical)
-    weights = critical_token_weights(index, fields["rejected_mask"], window=1, floor=0.1)
-    assert weights[0].tolist()[:2] == [1.0, 1.0] and weights[2].tolist() == fields["rejected_mask"][2].float().tolist()
+    weights = critical_token_weights(index, fields["rejected_mask"], floor=0.1)
+    # "81"+EOS with t* = 0: the critical token and the EOS; "6"+EOS without one: DPO's weights
+    assert weights[0].tolist() == pytest.approx([1.0, 0.1, 1.0, 0.0]) and weights[2].tolist() == [1.0, 1.0, 0.0, 0.0]
     pairs = tc.Pairs(**{k: v for k, v in fields.items() if k.endswith(("_mask", "_ref_logprob"))},
                      rejected_weight=weights)
-    expected, _ = tc.get("preference", "cdpo")(pairs, fields["chosen_logprob"], fields["rejected_logprob"], beta=0.5)
+    expected, _ = tc.get("preference", "cdpo")(pairs, fields["chosen_logprob"], fields["rejected_logprob"], beta=5.0)
     assert got == pytest.approx(expected.item(), rel=1e-5)
     plain = batch_loss(trainer_of(TokenCreditDPOTrainer, tiny_model, reference, tmp_path / "dpo", dataset(),
                                   loss="dpo"))
