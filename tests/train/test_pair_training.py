@@ -233,8 +233,16 @@ def test_jsonl_pairs_without_critical_tokens_are_refused_by_a_loss_that_reads_th
 
 def test_tgdpo_without_a_guide_names_pairs_guide(tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", sums())
-    with pytest.raises(ValueError, match=r"^pairs.guide: "):
+    with pytest.raises(ValueError, match=r"^pairs.guide: the loss needs per-token rewards"):
         train(pair_config(tmp_path / "run", f"pairs.data=jsonl:{data}", "pairs.loss=tgdpo"))
+
+
+def test_missing_pair_file_and_guide_are_refused_before_the_warm_start(tmp_path):
+    with pytest.raises(ValueError, match=r"^pairs.data: no such file '.*nope.jsonl'"):
+        Trainer(pair_config(tmp_path / "a", f"pairs.data=jsonl:{tmp_path / 'nope.jsonl'}"))
+    with pytest.raises(ValueError, match=r"^pairs.guide: '.*nomodel' is not a local model folder"):
+        Trainer(pair_config(tmp_path / "b", f"pairs.guide={tmp_path / 'nomodel'}"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_resume_refuses_another_pair_config(tmp_path):

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from tokencredit.analysis.recorded import response_tokens
+from tokencredit.needs import Needs
 from tokencredit.pairs import SIDES, Pairs
 from tokencredit.rewards import safe_score
 from tokencredit.sampling.hf import TransformersSampler, gathered, response_logits, tempered_logprobs
@@ -277,7 +278,7 @@ def policy_token_kl(ctx: PairContext, batch: PairBatch, side: str, logits: Tenso
     return token_kl(ref, logits) * getattr(batch.pairs, f"{side}_mask")
 
 
-def pair_inputs(ctx: PairContext, batch: PairBatch, needs: Any) -> PairBatch:
+def pair_inputs(ctx: PairContext, batch: PairBatch, needs: Needs) -> PairBatch:
     """`batch` with every input `needs.inputs` names that its `Pairs` lacks, from the pair providers."""
     pairs = batch.pairs
     for name in sorted(needs.inputs):
@@ -289,7 +290,7 @@ def pair_inputs(ctx: PairContext, batch: PairBatch, needs: Any) -> PairBatch:
 
 
 def accumulate_pair_gradient(model: torch.nn.Module, loss_fn: Callable, params: dict[str, Any], ctx: PairContext,
-                             batch: PairBatch, needs: Any, micro_batch_size: int) -> dict[str, float]:
+                             batch: PairBatch, needs: Needs, micro_batch_size: int) -> dict[str, float]:
     """Backward the loss of `batch` in micro-batches of `micro_batch_size` pairs, each called with the whole
     batch's `num_pairs`, so the summed gradient is the one-pass gradient. Returns the loss and the loss's stats
     (pair-weighted means over the micro-batches)."""

@@ -30,6 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
 from tokencredit.models import create_tiny_model, load_model
+from tokencredit.needs import Needs
 from tokencredit.recipes import Recipe, recipe
 from tokencredit.registry import get, needs_of
 from tokencredit.rollouts import Credit
@@ -92,6 +93,16 @@ def check_device(device: str) -> None:
         raise ValueError(f"device: {device!r} asked for, but MPS is not available here; set device=cpu")
 
 
+def check_pair_sources(cfg: TrainConfig) -> None:
+    """A ValueError naming `pairs.data` or `pairs.guide` when the file or model folder it names is missing (found
+    before the warm start, not after it)."""
+    data = cfg.pairs.data.removeprefix("jsonl:")
+    if cfg.pairs.data.startswith("jsonl:") and not Path(data).is_file():
+        raise ValueError(f"pairs.data: no such file {data!r}")
+    if cfg.pairs.guide is not None and not (Path(cfg.pairs.guide) / "config.json").is_file():
+        raise ValueError(f"pairs.guide: {cfg.pairs.guide!r} is not a local model folder (no config.json)")
+
+
 def accumulate_policy_gradient(
     model: torch.nn.Module,
     rcp: Recipe,
@@ -137,6 +148,8 @@ class Trainer:
         self.task = make_task(cfg.task, **cfg.task_params)
         self.eval_examples = self.task.held_out(cfg.eval.size, cfg.seed)
         self.recipe = recipe(cfg.recipe, **cfg.recipe_overrides)
+        if cfg.mode == "pairs":
+            check_pair_sources(cfg)
         self.resume_from = latest_checkpoint(self.ckpt_root)
         if self.resume_from is not None:
             self._check_same_run(self.resume_from)
@@ -475,7 +488,7 @@ class Trainer:
                                  f"{record['pairs_per_s']:.0f} pairs/s"):
                 return
 
-    def _pair_data(self, needs) -> list[PairRecord]:
+    def _pair_data(self, needs: Needs) -> list[PairRecord]:
         """The pair data `pairs.data` names: a JSONL file, or on-policy pairs sampled from the current (start)
         policy on `pairs.prompts` prompts of the task, with the rejected responses' critical tokens searched when
         the loss reads them."""
