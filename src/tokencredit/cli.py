@@ -41,7 +41,7 @@ def _describe_error(err: BaseException) -> str:
     """One line for a user error: pydantic's field errors joined, an OSError's reason and path."""
     from pydantic import ValidationError
 
-    from tokencredit.train.config import validation_messages
+    from tokencredit.recipes import validation_messages
 
     if isinstance(err, ValidationError):
         return "; ".join(validation_messages(err))

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor
 
 from tokencredit.masked import masked_mean, rows_kept, token_count, zero_outside
@@ -305,3 +305,17 @@ def register_preset(name: str, **fields: Any) -> None:
     """Add a named preset (used by method modules outside the core, e.g. `tempo`)."""
     Recipe(name=name, **fields)  # validate now, not at first use
     PRESETS[name] = fields
+
+
+def validation_messages(err: ValidationError) -> list[str]:
+    """One `field: message` per error of a pydantic `ValidationError` (a `Recipe`'s, or any config model's): no
+    input echo, no URL, so that callers can report a bad recipe or config on one line. A message that already
+    starts with its field (a validator naming it) is not prefixed twice."""
+    out = []
+    for e in err.errors():
+        loc = ".".join(map(str, e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append(f"{loc}: {msg}" if loc and not msg.startswith(f"{loc}: ") else msg)
+    return out

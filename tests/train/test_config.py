@@ -20,6 +20,14 @@ def test_errors_name_the_field(override, field):
         load_config(None, [override])
 
 
+def test_a_recipe_error_is_one_line_naming_its_field_once():
+    """`validation_messages`: a validator's message that already names its field is not prefixed with it again."""
+    with pytest.raises(ValueError) as err:
+        load_config(None, ["recipe_overrides.weight=nonsense"])
+    assert str(err.value).startswith("invalid training config: recipe_overrides: weight: unknown name 'nonsense';")
+    assert "weight: weight" not in str(err.value) and "\n" not in str(err.value)
+
+
 def test_override_needs_key_value():
     with pytest.raises(ValueError, match="key=value"):
         load_config(None, ["rl.steps"])

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from tokencredit.recipes import PRESETS, recipe
+from tokencredit.recipes import PRESETS, recipe, validation_messages
 
 
 class _Strict(BaseModel):
@@ -165,18 +165,6 @@ class TrainConfig(_Strict):
         except ValidationError as err:
             raise ValueError("recipe_overrides: " + "; ".join(validation_messages(err))) from None
         return self
-
-
-def validation_messages(err: ValidationError) -> list[str]:
-    """One `field: message` per error of a pydantic `ValidationError` (no input echo, no URL)."""
-    out = []
-    for e in err.errors():
-        loc = ".".join(map(str, e["loc"]))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        out.append(f"{loc}: {msg}" if loc else msg)
-    return out
 
 
 def _yaml_error(where: str, err: yaml.YAMLError) -> ValueError:
