@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--critical-k", type=int, default=8)
     parser.add_argument("--eval-size", type=int, default=200)
+    parser.add_argument("--warm", type=Path, default=None,
+                        help="one warm-started model folder shared by every seed (default: a warm start per seed); "
+                             "seeds then differ in the pairs sampled, their order and the held-out set only")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/pair_learning"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -52,17 +55,20 @@ def main() -> None:
     sft = {"steps": args.sft_steps} if args.sft_steps is not None else {}
     evaluation = {"size": args.eval_size, "pass_k_size": min(50, args.eval_size)}
 
-    warm = {f"warm seed {seed}": (demo_config(args.work / f"seed{seed}" / "sft", seed=seed, rl={"steps": 0},
-                                              sft=sft, eval=evaluation), None)
-            for seed in range(args.seeds)}
-    run_parallel(warm, args.workers, console)
+    if args.warm is None:
+        warm = {f"warm seed {seed}": (demo_config(args.work / f"seed{seed}" / "sft", seed=seed, rl={"steps": 0},
+                                                  sft=sft, eval=evaluation), None)
+                for seed in range(args.seeds)}
+        run_parallel(warm, args.workers, console)
+    start = {seed: str(args.warm or args.work / f"seed{seed}" / "sft" / "checkpoints" / "sft")
+             for seed in range(args.seeds)}
     pairs = {"prompts": args.prompts, "samples": args.samples, "epochs": args.epochs, "batch_size": args.batch_size,
              "micro_batch_size": args.batch_size, "lr": args.lr, "critical_k": args.critical_k}
     jobs = {
         f"{name} seed {seed}": (
             demo_config(args.work / f"seed{seed}" / name, seed=seed, mode="pairs", sft={"steps": 0}, eval=evaluation,
                         pairs=pairs | {"loss": name, "loss_params": LOSS_PARAMS.get(name, {})}),
-            str(args.work / f"seed{seed}" / "sft" / "checkpoints" / "sft"),
+            start[seed],
         )
         for seed in range(args.seeds)
         for name in losses
@@ -72,7 +78,8 @@ def main() -> None:
                  for name in losses}
     summary = summarise(histories)
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"losses": losses, "loss_params": {n: LOSS_PARAMS.get(n, {}) for n in losses}, "seeds": args.seeds,
+    record = {"warm": str(args.warm) if args.warm else "one per seed",
+              "losses": losses, "loss_params": {n: LOSS_PARAMS.get(n, {}) for n in losses}, "seeds": args.seeds,
               "seconds": time.time() - started, "config": next(iter(jobs.values()))[0].model_dump(),
               "summary": summary, "histories": histories}
     (args.out / "pair_learning.json").write_text(json.dumps(record, indent=1))
