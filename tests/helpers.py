@@ -75,3 +75,27 @@ def hand_pairs(dtype=torch.float32, **fields):
     chosen = torch.tensor(HAND_CHOSEN_LOGPROB, dtype=dtype, requires_grad=True)
     rejected = torch.tensor(HAND_REJECTED_LOGPROB, dtype=dtype, requires_grad=True)
     return p, chosen, rejected
+
+
+TINY_MODEL = {"hidden_size": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
+TIMING_KEYS = {"sampled_tokens_per_s", "trained_tokens_per_s", "pairs_per_s"}
+
+
+def tiny_train_config(out, *extra):
+    """A training config sized for tests (seconds): the tiny model, few steps, small batches, no progress bars."""
+    from tokencredit.train import load_config
+
+    return load_config(None, [
+        f"out={out}", "sft.steps=4", "sft.batch_size=8", "rl.steps=4", "rl.prompts_per_step=2", "rl.group_size=4",
+        "rl.max_new_tokens=12", "rl.minibatch_size=4", "rl.micro_batch_size=2", "eval.size=6", "eval.every=2",
+        "eval.pass_k=2", "checkpoint_every=2", "log.progress=false", "log.tensorboard=false",
+        *[f"model.tiny.{k}={v}" for k, v in TINY_MODEL.items()], *extra,
+    ])
+
+
+def metric_records(path):
+    """The records of a run's metrics.jsonl without the timing fields (which differ between two runs)."""
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]

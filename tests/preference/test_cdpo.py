@@ -98,3 +98,46 @@ def test_needs_and_errors():
         cdpo(p, lc, lr, positions=10)
     with pytest.raises(ValueError, match="positions: expected a positive int"):
         cdpo(p, lc, lr, reduction="position_aligned", positions=2.5)
+
+
+def test_critical_token_weights_by_hand():
+    from tokencredit.preference.cdpo import critical_token_weights
+
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3, [True] * 4 + [False] * 2, [True] * 2 + [False] * 4])
+    index = torch.tensor([2, -1, 9, 0])  # t* = 2; none; outside the response (none); t* = 0
+    w = critical_token_weights(index, mask, window=1, floor=0.1)
+    torch.testing.assert_close(w, torch.tensor([
+        [0.1, 1.0, 1.0, 1.0, 0.1, 1.0],  # t* ± 1 and the last token
+        [1.0, 1.0, 1.0, 0.0, 0.0, 0.0],  # no critical token: DPO's uniform weight
+        [1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+        [1.0, 1.0, 0.0, 0.0, 0.0, 0.0],  # t* = 0 (its neighbour 1 is also the last token)
+    ]))
+    w0 = critical_token_weights(index, mask)  # window 0, floor 0: only t* and the last token
+    assert w0[0].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=r"^window: "):
+        critical_token_weights(index, mask, window=-1)
+    with pytest.raises(ValueError, match=r"^floor: "):
+        critical_token_weights(index, mask, floor=2.0)
+    with pytest.raises(ValueError, match=re.escape("Pairs.extra['rejected_critical']: expected an int tensor")):
+        critical_token_weights(index.float(), mask)
+
+
+def test_critical_weights_are_cdpo_with_those_weights():
+    from tokencredit.preference.cdpo import critical_token_weights
+
+    p, lc, lr = hand_pairs()
+    critical = torch.tensor([0, 0])  # rejected lengths 1, 2: pair 1 weights [1, 1] (t* and the last), pair 0 [1]
+    p = p.with_inputs(rejected_critical=critical)
+    loss, _ = tc.get("preference", "cdpo")(p, lc, lr, beta=BETA, weights="critical", floor=0.25)
+    b = critical_token_weights(critical, p.rejected_mask, floor=0.25)
+    assert b.tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    given, _ = tc.get("preference", "cdpo")(p.with_inputs(rejected_weight=b), lc.detach(), lr.detach(), beta=BETA)
+    assert loss.item() == pytest.approx(given.item(), rel=1e-6)
+    # a ≡ 1 and these weights: the DPO logits of helpers.hand_pairs
+    assert loss.item() == pytest.approx((softplus(-1.25) + softplus(0.0)) / 2, rel=1e-6)
+    assert needs_of("preference", "cdpo", {"weights": "critical"}) == Needs(inputs={"ref_logprob", "critical"})
+    assert needs_of("preference", "cdpo", {}) == Needs(inputs={"ref_logprob", "weight"})
+    with pytest.raises(ValueError, match=re.escape("Pairs.extra['rejected_critical']: preference 'cdpo' needs")):
+        tc.get("preference", "cdpo")(hand_pairs()[0], lc, lr, weights="critical")
+    with pytest.raises(ValueError, match=r"^weights: expected one of"):
+        tc.get("preference", "cdpo")(p, lc, lr, weights="contrastive")

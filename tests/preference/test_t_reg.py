@@ -128,3 +128,15 @@ def test_errors_name_the_field():
     with pytest.raises(ValueError, match=re.escape("source: rejected token rewards of <lambda>")):
         t_reg(p, lc, lr, source=type("S", (), {"__call__": lambda self, q: (torch.zeros(2, 3), torch.zeros(2, 3)),
                                                "__repr__": lambda self: "<lambda>"})())
+
+
+def test_sources_by_name():
+    p, lc, lr = _pairs()
+    p = p.with_inputs(rejected_critical=torch.tensor([0, 1]))
+    named, _ = tc.get("preference", "t_reg")(p, lc, lr, beta=BETA, alpha=ALPHA, source="critical")
+    given, _ = tc.get("preference", "t_reg")(p, lc.detach(), lr.detach(), beta=BETA, alpha=ALPHA,
+                                             source=CriticalTokenRewards())
+    assert named.item() == pytest.approx(given.item(), rel=1e-6)
+    assert needs_of("preference", "t_reg", {"source": "critical"}) == Needs(inputs={"ref_logprob", "critical"})
+    with pytest.raises(ValueError, match=r"^source: expected one of \('critical', 'contrastive_prompt'\)"):
+        tc.get("preference", "t_reg")(p, lc, lr, source="attention")

@@ -4,6 +4,7 @@ import random
 import pytest
 import torch
 
+from helpers import TIMING_KEYS
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.rollouts import Rollouts
 from tokencredit.sampling.hf import TransformersSampler, policy_logprob
@@ -18,7 +19,7 @@ from tokencredit.train.critic import (
     tvm_value_target,
 )
 from tokencredit.tree import tvm_labels
-from train.test_trainer import TIMING_KEYS, TINY, as_batch, tiny_config
+from train.test_trainer import TINY, as_batch, tiny_config
 
 VALUE_KEYS = ("value_loss", "value_mean", "explained_variance", "value_grad_norm")
 

@@ -3,25 +3,17 @@ import json
 import pytest
 import torch
 
+from helpers import TINY_MODEL, metric_records, tiny_train_config
 from tokencredit import recipe
 from tokencredit.models import create_tiny_model, load_model
 from tokencredit.sampling.hf import TransformersSampler, policy_logprob
 from tokencredit.tasks import Example
-from tokencredit.train import Trainer, load_config, train
+from tokencredit.train import Trainer, train
 from tokencredit.train.batch import Batch
 from tokencredit.train.trainer import accumulate_policy_gradient
 
-TINY = {"hidden_size": 32, "layers": 2, "heads": 2, "kv_heads": 1, "intermediate": 64}
-TIMING_KEYS = {"sampled_tokens_per_s", "trained_tokens_per_s"}
-
-
-def tiny_config(out, *extra):
-    return load_config(None, [
-        f"out={out}", "sft.steps=4", "sft.batch_size=8", "rl.steps=4", "rl.prompts_per_step=2", "rl.group_size=4",
-        "rl.max_new_tokens=12", "rl.minibatch_size=4", "rl.micro_batch_size=2", "eval.size=6", "eval.every=2",
-        "eval.pass_k=2", "checkpoint_every=2", "log.progress=false", "log.tensorboard=false",
-        *[f"model.tiny.{k}={v}" for k, v in TINY.items()], *extra,
-    ])
+TINY = TINY_MODEL
+tiny_config = tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +80,7 @@ def test_degenerate_groups_train_without_nan(tiny_model):
     model.zero_grad()
 
 
-def _records(path):
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+_records = metric_records
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):

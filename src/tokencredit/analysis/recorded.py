@@ -24,12 +24,12 @@ Choices:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tokencredit.tasks import Example, Task
+from tokencredit.tasks.jsonl import jsonl_records
 
 
 @dataclass(frozen=True)
@@ -47,32 +47,12 @@ def read_responses(path: str | Path, tokenizer: Any, task: Task, *, max_tokens: 
     """Parse and validate the responses file `path` (see the module docstring); a ValueError names the file,
     the line and the problem. `tokenizer` encodes `response` texts and bounds `response_ids`; `task` says
     whether a line needs an `answer`; `max_tokens` bounds a response's length."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"responses: no such file {str(path)!r}")
-    out: list[RecordedResponse] = []
-    with path.open("rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {err.start} of the line: {err.reason}); "
-                                 "save the file as UTF-8") from None
-            if line.strip():
-                out.append(_parse(line, f"{path}:{lineno}", lineno, tokenizer, task, max_tokens))
-    if not out:
-        raise ValueError(f"responses: {path} holds no records")
-    return out
+    return [_parse(record, where, lineno, tokenizer, task, max_tokens)
+            for where, lineno, record in jsonl_records(path, "responses")]
 
 
-def _parse(line: str, where: str, lineno: int, tokenizer: Any, task: Task, max_tokens: int | None
+def _parse(record: dict[str, Any], where: str, lineno: int, tokenizer: Any, task: Task, max_tokens: int | None
            ) -> RecordedResponse:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
     prompt = record.get("prompt")
     if not isinstance(prompt, str):
         raise ValueError(f"{where}: " + ("missing field 'prompt'" if "prompt" not in record
@@ -84,15 +64,17 @@ def _parse(line: str, where: str, lineno: int, tokenizer: Any, task: Task, max_t
     if source_index is not None and (isinstance(source_index, bool) or not isinstance(source_index, int)
                                      or source_index < 0):
         raise ValueError(f"{where}: field 'source_index' must be a non-negative integer")
-    answer = _answer(record, where, task, source_index)
-    tokens = _tokens(record, where, tokenizer)
+    answer = answer_of(record, where, task, source_index)
+    tokens = response_tokens(record, where, tokenizer)
     if max_tokens is not None and len(tokens) > max_tokens:
         raise ValueError(f"{where}: the response has {len(tokens)} tokens, more than the response budget "
                          f"({max_tokens}, --max-new-tokens)")
     return RecordedResponse(lineno, Example(prompt, answer, demonstration, source_index), tokens)
 
 
-def _answer(record: dict[str, Any], where: str, task: Task, source_index: int | None) -> str:
+def answer_of(record: dict[str, Any], where: str, task: Task, source_index: int | None) -> str:
+    """The record's `answer` as text, or the reasoning-gym item's answer of its `source_index`; a ValueError
+    naming the line when the task's verifier needs one and there is none."""
     from tokencredit.tasks.gym import ReasoningGymTask
 
     if "answer" in record:
@@ -108,26 +90,31 @@ def _answer(record: dict[str, Any], where: str, task: Task, source_index: int | 
     raise ValueError(f"{where}: missing field 'answer' (the {task.name} verifier compares the response with it)")
 
 
-def _tokens(record: dict[str, Any], where: str, tokenizer: Any) -> list[int]:
-    if "response_ids" in record:
-        ids = record["response_ids"]
+def response_tokens(record: dict[str, Any], where: str, tokenizer: Any, field: str = "response", *,
+                    pad_ends: bool = True) -> list[int]:
+    """The content token ids of a record's response `field`: `<field>_ids` (checked against the tokenizer's
+    vocabulary) or else the text `<field>` tokenized without special tokens; trailing EOS (and, with `pad_ends`,
+    pad) ids removed, an earlier one an error naming the line. `pad_ends=False` keeps pad ids as tokens (a
+    sampled response may contain the pad id: only EOS ends it)."""
+    if f"{field}_ids" in record:
+        ids = record[f"{field}_ids"]
         vocab = len(tokenizer)
         if not isinstance(ids, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
-            raise ValueError(f"{where}: field 'response_ids' must be a list of integer token ids")
+            raise ValueError(f"{where}: field '{field}_ids' must be a list of integer token ids")
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"{where}: field 'response_ids' has ids outside the tokenizer's [0, {vocab}): {bad[:5]}")
-    elif "response" in record:
-        if not isinstance(record["response"], str):
-            raise ValueError(f"{where}: field 'response' must be a string")
-        ids = tokenizer(record["response"], add_special_tokens=False)["input_ids"]
+            raise ValueError(f"{where}: field '{field}_ids' has ids outside the tokenizer's [0, {vocab}): {bad[:5]}")
+    elif field in record:
+        if not isinstance(record[field], str):
+            raise ValueError(f"{where}: field '{field}' must be a string")
+        ids = tokenizer(record[field], add_special_tokens=False)["input_ids"]
     else:
-        raise ValueError(f"{where}: missing field 'response_ids' or 'response'")
-    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+        raise ValueError(f"{where}: missing field '{field}_ids' or '{field}'")
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id if pad_ends else None} - {None}
     content = len(ids)
     while content and ids[content - 1] in ends:
         content -= 1
     early = [i for i in range(content) if ids[i] in ends]
     if early:
-        raise ValueError(f"{where}: the response has an EOS or pad token at position {early[0]}, before its end")
+        raise ValueError(f"{where}: the {field} has an EOS or pad token at position {early[0]}, before its end")
     return list(ids[:content])

@@ -23,7 +23,7 @@ from tokencredit.preference.common import (
     side_inputs,
     weighted_rewards,
 )
-from tokencredit.preference.token_rewards import TokenRewardSource
+from tokencredit.preference.token_rewards import ContrastivePromptRewards, CriticalTokenRewards, TokenRewardSource
 from tokencredit.registry import register
 
 WEIGHTINGS = ("dynamic", "static")
@@ -31,7 +31,20 @@ REG_REDUCTIONS = ("sum", "mean")
 WHO = "preference 't_reg'"
 
 
-def _needs(source: TokenRewardSource | None = None, **_) -> Needs:
+# the sources a config names by string (a YAML config cannot hold an object)
+SOURCES = {"critical": CriticalTokenRewards, "contrastive_prompt": ContrastivePromptRewards}
+
+
+def resolved_source(source: TokenRewardSource | str | None) -> TokenRewardSource | None:
+    """`source` itself, or the default source of a name in `SOURCES` (`"critical"`: `CriticalTokenRewards()`)."""
+    if isinstance(source, str):
+        check_choice("source", source, tuple(SOURCES))
+        return SOURCES[source]()
+    return source
+
+
+def _needs(source: TokenRewardSource | str | None = None, **_) -> Needs:
+    source = resolved_source(source)
     reads = {"token_reward"} if source is None else set(getattr(source, "inputs", ()))
     return Needs(inputs={"ref_logprob"} | reads)
 
@@ -44,7 +57,7 @@ def t_reg(
     *,
     beta: float = 0.1,
     alpha: float = 0.25,
-    source: TokenRewardSource | None = None,
+    source: TokenRewardSource | str | None = None,
     weighting: str = "dynamic",
     reg_reduction: str = "sum",
     num_pairs: Count = None,
@@ -60,7 +73,8 @@ def t_reg(
     Token rewards: `source=None` reads `Pairs.<side>_token_reward`; a `TokenRewardSource` computes them from the
     pairs (under no_grad): `ContrastivePromptRewards` (the paper's, σ(log π(·|x⁺) − log π(·|x⁻)) − ½ from two
     revision prompts) or `CriticalTokenRewards` (the character-level default's: −½ at the rollout-found
-    critical token). Source: "Preference Optimization with Token-Level Reward Regularization" (Zhou et al.,
+    critical token); a config names them `"contrastive_prompt"` and `"critical"`. Source: "Preference
+    Optimization with Token-Level Reward Regularization" (Zhou et al.,
     ACL 2025); no code released, the spec follows the paper and paper notes.
     Choices: R sums over tokens (`reg_reduction="sum"`; the paper's normalisation is unverified, `"mean"` divides
     by the response length); `weighting="static"` sets w = 1 (the paper's ablation); α defaults to 0.25, the
@@ -75,7 +89,7 @@ def t_reg(
     ref_c, ref_r = side_inputs(pairs, "ref_logprob", WHO, logprob_c.dtype)
     chosen, rejected = weighted_rewards(logprob_c - ref_c, logprob_r - ref_r, pairs, beta)
     logit = chosen - rejected
-    reward_c, reward_r = _token_rewards(pairs, source, logprob_c.dtype)
+    reward_c, reward_r = _token_rewards(pairs, resolved_source(source), logprob_c.dtype)
     reduce = sequence_sum if reg_reduction == "sum" else sequence_mean
     reg = (-beta * reduce(reward_c * logprob_c, pairs.chosen_mask)
            - beta * reduce(reward_r * logprob_r, pairs.rejected_mask))

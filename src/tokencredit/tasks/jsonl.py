@@ -10,18 +10,23 @@ from __future__ import annotations
 import json
 import random
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tokencredit.rewards.verifiers import math_match, warm_up_math_verify
 from tokencredit.tasks.base import Example, Task, extract_answer
 
 
-def read_jsonl_examples(path: str | Path) -> list[Example]:
-    """Parse and validate the records of `path`; a ValueError names the file, line and problem."""
+def jsonl_records(path: str | Path, what: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """`(where, line number, record)` for each JSON object of the JSONL file `path` (UTF-8, blank lines skipped),
+    `where` being `path:line` for messages. The one reader of every JSONL input (tasks, recorded responses,
+    preference pairs): a ValueError starting with `what` (the input's name) for a missing or empty file, and
+    naming the file and line for a line that is not UTF-8 or not a JSON object."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"jsonl: no such file {str(path)!r}")
-    out: list[Example] = []
+        raise ValueError(f"{what}: no such file {str(path)!r}")
+    count = 0
     with path.open("rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
             where = f"{path}:{lineno}"
@@ -38,19 +43,27 @@ def read_jsonl_examples(path: str | Path) -> list[Example]:
                 raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            for field in ("prompt", "answer"):
-                if field not in record:
-                    raise ValueError(f"{where}: missing field {field!r}")
-            prompt, answer, demo = record["prompt"], record["answer"], record.get("demonstration")
-            if not isinstance(prompt, str):
-                raise ValueError(f"{where}: field 'prompt' must be a string")
-            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-                raise ValueError(f"{where}: field 'answer' must be a string or a number")
-            if demo is not None and not isinstance(demo, str):
-                raise ValueError(f"{where}: field 'demonstration' must be a string")
-            out.append(Example(prompt, str(answer), demo, source_index=len(out)))
-    if not out:
-        raise ValueError(f"jsonl: {path} holds no records")
+            count += 1
+            yield where, lineno, record
+    if not count:
+        raise ValueError(f"{what}: {path} holds no records")
+
+
+def read_jsonl_examples(path: str | Path) -> list[Example]:
+    """Parse and validate the records of `path`; a ValueError names the file, line and problem."""
+    out: list[Example] = []
+    for where, _, record in jsonl_records(path, "jsonl"):
+        for field in ("prompt", "answer"):
+            if field not in record:
+                raise ValueError(f"{where}: missing field {field!r}")
+        prompt, answer, demo = record["prompt"], record["answer"], record.get("demonstration")
+        if not isinstance(prompt, str):
+            raise ValueError(f"{where}: field 'prompt' must be a string")
+        if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+            raise ValueError(f"{where}: field 'answer' must be a string or a number")
+        if demo is not None and not isinstance(demo, str):
+            raise ValueError(f"{where}: field 'demonstration' must be a string")
+        out.append(Example(prompt, str(answer), demo, source_index=len(out)))
     return out
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tokencredit.recipes import PRESETS, recipe, validation_messages
 
@@ -81,6 +81,62 @@ class VLLMConfig(_Strict):
         return {**self.model_dump(), "seed": run_seed if self.seed is None else self.seed}
 
 
+class PairsConfig(_Strict):
+    """Pair training (`mode: pairs`): a preference loss over pairs of responses, from the warm-started policy (the
+    frozen reference); every other mode ignores this section."""
+
+    data: str = Field("on_policy", description="on_policy: pairs sampled from the start policy on the task "
+                      "(a verified-correct and a verified-wrong response to one prompt); jsonl:PATH: "
+                      "{prompt, chosen, rejected} per line")
+    loss: str = Field("dpo", description="a preference loss (tc.names('preference'))")
+    loss_params: dict[str, Any] = Field(default_factory=dict, description="the loss's keyword parameters")
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1, description="pairs per optimizer step")
+    micro_batch_size: int = Field(16, ge=1, description="pairs per forward/backward")
+    lr: float = Field(1e-4, gt=0)
+    warmup: int = Field(3, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    prompts: int = Field(256, ge=1, description="on_policy: prompts drawn from the task")
+    samples: int = Field(8, ge=2, description="on_policy: responses sampled per prompt (at rl.temperature)")
+    critical_k: int = Field(8, ge=1, description="continuations per probed prefix of the critical-token search "
+                            "(run on the rejected responses when the loss reads critical tokens)")
+    critical_mode: Literal["scan", "binary"] = "binary"
+    guide: str | None = Field(None, description="model folder whose implicit token rewards supply token_reward")
+
+    @field_validator("data")
+    @classmethod
+    def _known_data(cls, value: str) -> str:
+        if value != "on_policy" and not (value.startswith("jsonl:") and len(value) > 6):
+            raise ValueError(f"expected on_policy or jsonl:PATH, got {value!r}")
+        return value
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        import tokencredit.preference  # noqa: F401  (registers the losses)
+        from tokencredit.registry import names
+
+        if value not in names("preference"):
+            raise ValueError(f"unknown preference loss {value!r}; losses: {names('preference')}")
+        return value
+
+    @field_validator("loss_params")
+    @classmethod
+    def _known_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from tokencredit.registry import parameters
+
+        loss = info.data.get("loss")
+        if loss is None:  # the loss itself was refused
+            return value
+        known, any_keyword = parameters("preference", loss)
+        known -= {"pairs", "chosen_logprob", "rejected_logprob", "num_pairs"}  # what the trainer passes
+        unknown = sorted(set(value) - known) if not any_keyword else []
+        if unknown:
+            raise ValueError(f"{unknown} are not parameters of preference {loss!r} (it takes {sorted(known)})")
+        return value
+
+
 class EvalConfig(_Strict):
     every: int = Field(10, ge=1)
     size: int = Field(200, ge=1)
@@ -109,6 +165,8 @@ class TrainConfig(_Strict):
     out: str = "runs/train"
     task: str = "chain_sum"
     task_params: dict[str, Any] = Field(default_factory=dict)
+    mode: Literal["rl", "pairs"] = Field("rl", description="after the warm start: rl (the recipe) or pairs (a "
+                                         "preference loss, the `pairs` section)")
     recipe: str = "grpo"
     recipe_overrides: dict[str, Any] = Field(default_factory=dict)
     verifier_timeout: float = Field(2.0, ge=0, description="seconds a verifier may take per response before it "
@@ -121,6 +179,7 @@ class TrainConfig(_Strict):
     rl: RLConfig = Field(default_factory=RLConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     records: RecordsConfig = Field(default_factory=RecordsConfig)

@@ -1,13 +1,18 @@
-"""The reference trainer: supervised warm start, then RL with any recipe. Reads top to bottom.
+"""The reference trainer: supervised warm start, then RL with any recipe, or pair training with any preference
+loss (`mode: pairs`). Reads top to bottom.
 
     warm start   demonstrations (with mistakes) → cross-entropy on response tokens
     RL step      collect: the recipe's providers sample prompts and responses, score them, and add every input
                  and value the recipe needs (`tokencredit.needs`) → recipe.credit → PPO epochs over
                  minibatches, gradients accumulated over micro-batches with the whole minibatch's aggregation
                  coefficients (a learned provider such as a critic updates on the same minibatches) → log
+    pair step    (pairs mode) the pair data (on-policy or JSONL, `train/pairs.py`) is built once and kept in every
+                 checkpoint; epochs over it in a fixed order per epoch; each batch of pairs gets the inputs the
+                 loss needs from the frozen reference (the warm-started policy) → the loss in micro-batches
     every N      greedy accuracy and pass@k on a fixed held-out set; atomic checkpoint (resumable)
 
-Nothing here names a method: the recipe says what it needs, the providers (`train/providers.py`) supply it.
+Nothing here names a method: the recipe (or the preference loss) says what it needs, the providers
+(`train/providers.py`, `train/pairs.py`) supply it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from torch import Tensor
 from tokencredit.inspect.records import records_from_tensors, sample_groups, write_records
 from tokencredit.inspect.report import token_pieces
 from tokencredit.models import create_tiny_model, load_model
+from tokencredit.needs import Needs
 from tokencredit.recipes import Recipe, recipe
+from tokencredit.registry import get, needs_of
 from tokencredit.rollouts import Credit
 from tokencredit.sampling.base import make_sampler
 from tokencredit.sampling.hf import policy_logprob
@@ -52,6 +59,19 @@ from tokencredit.train.config import (
 )
 from tokencredit.train.evaluate import evaluate
 from tokencredit.train.logger import MetricsLogger
+from tokencredit.train.pairs import (
+    PAIRS_FILE,
+    PairContext,
+    PairRecord,
+    accumulate_pair_gradient,
+    collate,
+    epoch_order,
+    read_pairs,
+    sample_pairs,
+    steps_per_epoch,
+    with_critical_tokens,
+    write_pairs,
+)
 from tokencredit.train.providers import Providers, RunContext, policy_forward, policy_quantities
 from tokencredit.train.schedule import lr_at, make_optimizer
 
@@ -74,6 +94,16 @@ def check_device(device: str) -> None:
                              "CUDA device(s)")
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device: {device!r} asked for, but MPS is not available here; set device=cpu")
+
+
+def check_pair_sources(cfg: TrainConfig) -> None:
+    """A ValueError naming `pairs.data` or `pairs.guide` when the file or model folder it names is missing (found
+    before the warm start, not after it)."""
+    data = cfg.pairs.data.removeprefix("jsonl:")
+    if cfg.pairs.data.startswith("jsonl:") and not Path(data).is_file():
+        raise ValueError(f"pairs.data: no such file {data!r}")
+    if cfg.pairs.guide is not None and not (Path(cfg.pairs.guide) / "config.json").is_file():
+        raise ValueError(f"pairs.guide: {cfg.pairs.guide!r} is not a local model folder (no config.json)")
 
 
 def accumulate_policy_gradient(
@@ -121,6 +151,8 @@ class Trainer:
         self.task = make_task(cfg.task, **cfg.task_params)
         self.eval_examples = self.task.held_out(cfg.eval.size, cfg.seed)
         self.recipe = recipe(cfg.recipe, **cfg.recipe_overrides)
+        if cfg.mode == "pairs":
+            check_pair_sources(cfg)
         self.resume_from = latest_checkpoint(self.ckpt_root)
         if self.resume_from is not None:
             self._check_same_run(self.resume_from)
@@ -150,6 +182,7 @@ class Trainer:
         self.state: dict[str, Any] = {"phase": "sft", "step": 0, "sft_accuracy": None, "history": []}
         self.optimizer: torch.optim.Optimizer | None = None
         self.providers: Providers | None = None  # what the recipe needs, built when RL starts
+        self.pair_records: list[PairRecord] | None = None  # the pair data, built when pair training starts
 
     def _check_same_run(self, checkpoint: Path) -> None:
         """A ValueError unless the run in `out` (its checkpoint's recorded config) has this run's config, up to the
@@ -164,7 +197,7 @@ class Trainer:
                              f"run may change only {', '.join(SAFE_TO_CHANGE)}. Start a new run in another folder "
                              "(--set out=DIR), or resume with the recorded values")
         state = checkpoint_state(checkpoint) or {}
-        if state.get("phase") in ("rl", "done") and state.get("step", 0) > self.cfg.rl.steps:
+        if self.cfg.mode == "rl" and state.get("phase") in ("rl", "done") and state.get("step", 0) > self.cfg.rl.steps:
             raise ValueError(f"rl.steps: the run in {self.out} is at RL step {state['step']}; resume it with "
                              f"rl.steps >= {state['step']}")
 
@@ -175,7 +208,7 @@ class Trainer:
         if self.resume_from is not None:
             self.state = load_trainer_state(self.resume_from, None, self.task_rng)
             resume_step = self.state["global_step"]
-            if self.state["phase"] == "done" and self.state["step"] < self.cfg.rl.steps:
+            if self.cfg.mode == "rl" and self.state["phase"] == "done" and self.state["step"] < self.cfg.rl.steps:
                 self.state["phase"] = "rl"  # a finished run extended with more steps
         self.logger = MetricsLogger(
             self.out, tensorboard=self.cfg.log.tensorboard, wandb=self.cfg.log.wandb,
@@ -188,7 +221,10 @@ class Trainer:
                 self.progress = progress
                 if self.state["phase"] == "sft" and not self._warm_start():
                     return self.summary()
-                self._reinforce()
+                if self.cfg.mode == "pairs":
+                    self._train_pairs()
+                else:
+                    self._reinforce()
         finally:
             self.logger.close()
         return self.summary()
@@ -233,8 +269,7 @@ class Trainer:
         name = name or f"step-{self.state['global_step']}"
         try:
             save_checkpoint(self.ckpt_root, name, self.model, self.tokenizer, self.optimizer, self.task_rng,
-                            self.state, save_extra=self.providers.save if self.providers is not None else None,
-                            record=run_record(self.cfg))
+                            self.state, save_extra=self._save_extra, record=run_record(self.cfg))
         except OSError as err:  # a full disk, a lost mount: say where the run can continue from
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -246,6 +281,13 @@ class Trainer:
                          "space, --resume continues from it")
             raise CheckpointWriteError(f"checkpoint {name}: could not be written to {self.ckpt_root} "
                                        f"({err.strerror or err}); {where}") from err
+
+    def _save_extra(self, folder: Path) -> None:
+        """What a checkpoint holds besides the model and trainer state: the providers' files, the pair data."""
+        if self.providers is not None:
+            self.providers.save(folder)
+        if self.pair_records is not None:
+            write_pairs(folder / PAIRS_FILE, self.pair_records, self.tokenizer)
 
     def _restore_optimizer(self) -> None:
         """The optimizer and RNG state of the checkpoint resumed from (the RNG last, after anything that draws)."""
@@ -288,7 +330,7 @@ class Trainer:
             if self._killed():
                 return False
         metrics = self._evaluate()
-        self.state.update(phase="rl", step=0, sft_accuracy=metrics["accuracy"])
+        self.state.update(phase="pairs" if self.cfg.mode == "pairs" else "rl", step=0, sft_accuracy=metrics["accuracy"])
         self.state["history"].append({"step": 0, **metrics})
         self.logger.log({"phase": "eval", "step": 0, "global_step": self._global_step(), **metrics})
         self.optimizer = None
@@ -323,23 +365,29 @@ class Trainer:
         bar = self._bar(f"RL {self.recipe.name}", cfg.steps, self.state["step"])
         while self.state["step"] < cfg.steps:
             record = self._rl_step(self.state["step"])
-            self.state["step"] += 1
-            step = self.state["step"]
-            if step % self.cfg.eval.every == 0 or step == cfg.steps:
-                metrics = self._evaluate()
-                record.update({f"eval_{k}": v for k, v in metrics.items()})
-                self.state["history"].append({"step": step, **metrics})
-            self.state["global_step"] = self._global_step()
-            self.logger.log({"phase": "rl", "step": step, "global_step": self.state["global_step"], **record})
-            acc = self.state["history"][-1]["accuracy"] if self.state["history"] else float("nan")
             speed = record["sampled_tokens_per_s"]
-            self._advance(bar, f"reward {record['reward']:.2f} acc {acc:.2f} {speed:.0f} tok/s")
-            if step == cfg.steps:
-                self.state["phase"] = "done"
-            if step % self.cfg.checkpoint_every == 0 or step == cfg.steps:
-                self._checkpoint()
-            if self._killed():
+            if self._finish_step("rl", cfg.steps, record, bar, f"reward {record['reward']:.2f}", f"{speed:.0f} tok/s"):
                 return
+
+    def _finish_step(self, phase: str, total: int, record: dict[str, Any], bar, info: str, speed: str) -> bool:
+        """After an update of step `state.step` (of `total`): count it, evaluate every `eval.every` steps and at the
+        end, log `record`, checkpoint every `checkpoint_every` steps and at the end. Returns whether the run is
+        to stop here (`stop_after`, as a kill would)."""
+        self.state["step"] += 1
+        step = self.state["step"]
+        if step % self.cfg.eval.every == 0 or step == total:
+            metrics = self._evaluate()
+            record.update({f"eval_{k}": v for k, v in metrics.items()})
+            self.state["history"].append({"step": step, **metrics})
+        self.state["global_step"] = self._global_step()
+        self.logger.log({"phase": phase, "step": step, "global_step": self.state["global_step"], **record})
+        acc = self.state["history"][-1]["accuracy"] if self.state["history"] else float("nan")
+        self._advance(bar, f"{info} acc {acc:.2f} {speed}")
+        if step == total:
+            self.state["phase"] = "done"
+        if step % self.cfg.checkpoint_every == 0 or step == total:
+            self._checkpoint()
+        return self._killed()
 
     def _rl_step(self, step: int) -> dict[str, Any]:
         """One RL step: collect a batch with everything the recipe needs, credit it, update, report."""
@@ -423,6 +471,68 @@ class Trainer:
         # a minibatch's own kept_frac is 1 (only kept rows are trained): the batch's, above, is the one to log
         return record | batch.metrics | {k: v for k, v in stats.items() if k not in ("ratio_max_dev", "kept_frac")} \
             | learned
+
+    # ---------------------------------------------------------------- pairs
+    def _train_pairs(self) -> None:
+        """Epochs over the pair data with the configured preference loss; the reference is the warm-started
+        policy, frozen. The pair data is built (or read) once and saved with every checkpoint."""
+        cfg = self.cfg.pairs
+        resumed = self.resume_from
+        reference = load_model(self._rl_start(), device=self.cfg.device)[0].requires_grad_(False)
+        guide = load_model(cfg.guide, device=self.cfg.device)[0].requires_grad_(False) if cfg.guide else None
+        loss_fn, params = get("preference", cfg.loss), dict(cfg.loss_params)
+        needs = needs_of("preference", cfg.loss, params)
+        context = PairContext(reference=reference, params=params, guide=guide)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self._restore_optimizer()  # the RNG as checkpointed, before the data is drawn
+        built = resumed is None or not (resumed / PAIRS_FILE).is_file()
+        self.pair_records = self._pair_data(needs) if built else read_pairs(resumed / PAIRS_FILE, self.tokenizer)
+        if built:
+            self._checkpoint()  # the data (and the RNG after drawing it) before the first update
+        records = self.pair_records
+        per_epoch = steps_per_epoch(len(records), cfg.batch_size)
+        total = cfg.epochs * per_epoch
+        bar = self._bar(f"pairs {cfg.loss}", total, self.state["step"])
+        while self.state["step"] < total:
+            step = self.state["step"]
+            epoch, index = divmod(step, per_epoch)
+            rows = epoch_order(len(records), self.cfg.seed, epoch)[index * cfg.batch_size:(index + 1) * cfg.batch_size]
+            batch = collate([records[i] for i in rows.tolist()], self.sampler)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(step, total, cfg.lr, cfg.warmup)
+            started = time.time()
+            self.model.train()
+            stats = accumulate_pair_gradient(self.model, loss_fn, params, context, batch, needs, cfg.micro_batch_size)
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            seconds = max(time.time() - started, 1e-9)
+            record = {"epoch": epoch, "pairs": len(rows), "lr": self.optimizer.param_groups[0]["lr"], **stats,
+                      "pairs_per_s": len(rows) / seconds}
+            if self._finish_step("pairs", total, record, bar, f"loss {stats['loss']:.3f}",
+                                 f"{record['pairs_per_s']:.0f} pairs/s"):
+                return
+
+    def _pair_data(self, needs: Needs) -> list[PairRecord]:
+        """The pair data `pairs.data` names: a JSONL file, or on-policy pairs sampled from the current (start)
+        policy on `pairs.prompts` prompts of the task, with the rejected responses' critical tokens searched when
+        the loss reads them."""
+        cfg = self.cfg.pairs
+        if cfg.data.startswith("jsonl:"):
+            return read_pairs(cfg.data.removeprefix("jsonl:"), self.tokenizer)
+        from tokencredit.sampling.continuation import TaskContinuations
+
+        examples = [self.task.sample(self.task_rng) for _ in range(cfg.prompts)]
+        records = sample_pairs(self.sampler, self.task, examples, cfg.samples,
+                               verifier_timeout=self.cfg.verifier_timeout)
+        if not records:
+            raise ValueError(f"pairs.prompts: none of {cfg.prompts} prompts got both a correct and a wrong response "
+                             f"among {cfg.samples} samples; raise pairs.prompts or pairs.samples, or warm start "
+                             "longer (sft.steps)")
+        if "critical" in needs.inputs:
+            records = with_critical_tokens(records, TaskContinuations(self.sampler, self.task), k=cfg.critical_k,
+                                           mode=cfg.critical_mode)
+        return records
 
     def _evaluate(self) -> dict[str, float]:
         return evaluate(self.sampler, self.task, self.eval_examples, pass_k=self.cfg.eval.pass_k,
