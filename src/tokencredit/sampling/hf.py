@@ -38,6 +38,18 @@ def token_logprob_entropy(logits: Tensor, tokens: Tensor, temperature: float = 1
     return gathered(logp, tokens), entropy(logp)
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """Token rows left-padded with `pad_id` to one width: `(ids [N,W] long, mask [N,W] bool)` on `device`."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = True
+    return ids.to(device), mask.to(device)
+
+
 class _ExcludeFirst(LogitsProcessor):
     """Sets `scores[row, banned[row]] = −inf` at the first generated step, the one whose input is `start` wide
     (the padded prompt + prefix); rows with `banned = −1` are untouched."""
@@ -96,16 +108,6 @@ class TransformersSampler:
         device = self.model.device
         return enc["input_ids"].to(device), enc["attention_mask"].to(device).bool()
 
-    def _left_pad(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            if r:
-                ids[i, width - len(r):] = torch.tensor(r)
-                mask[i, width - len(r):] = True
-        return ids.to(self.model.device), mask.to(self.model.device)
-
     @torch.no_grad()
     def sample(self, prompts: list[str], *, greedy: bool = False, max_new_tokens: int | None = None) -> Samples:
         """One response per prompt (repeat a prompt G times for a group), of at most `max_new_tokens` tokens
@@ -152,7 +154,7 @@ class TransformersSampler:
                                  f"got {list(exclude_first)}")
         encoded = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
         rows = [list(p) + list(x) for p, x in zip(encoded, prefixes) for _ in range(k)]
-        ids, mask = self._left_pad(rows)
+        ids, mask = left_pad(rows, self.pad_id, self.model.device)
         processors = None
         if exclude_first is not None:
             banned = torch.tensor([-1 if t is None else t for t in exclude_first], dtype=torch.long)

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tokencredit.sampling.hf import Samples
+from tokencredit.sampling.hf import Samples, left_pad
 
 CPU_HEAD_DIM_RULE = "head_dim ≥ 32 and a multiple of 16"
 # vLLM logs to stdout by default; commands such as `tokencredit eval` print their result there
@@ -177,17 +177,7 @@ class VLLMSampler:
 
     # ---------------------------------------------------------------- sampling
     def encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        return self._left_pad(self.tokenizer(prompts, add_special_tokens=True)["input_ids"])
-
-    def _left_pad(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            if r:
-                ids[i, width - len(r):] = torch.tensor(r)
-                mask[i, width - len(r):] = True
-        return ids.to(self.device), mask.to(self.device)
+        return left_pad(self.tokenizer(prompts, add_special_tokens=True)["input_ids"], self.pad_id, self.device)
 
     def _params(self, n: int, max_tokens: int, greedy: bool, allowed: list[int] | None = None):
         from vllm import SamplingParams
@@ -233,7 +223,7 @@ class VLLMSampler:
                 runs.append((row, 1))
         outputs = self._generate([(row, self._params(n, limit, greedy)) for row, n in runs])
         completions = [c for out in outputs for c in out]
-        prompt_ids, prompt_mask = self._left_pad(ids)
+        prompt_ids, prompt_mask = left_pad(ids, self.pad_id, self.device)
         return self._package(prompt_ids, prompt_mask, completions, heads=None)
 
     @torch.no_grad()
@@ -279,7 +269,7 @@ class VLLMSampler:
             per_prefix[i][j] = (tokens + more, None if logprob is None or more_logprob is None
                                 else logprob + more_logprob)
         completions = [c for out in per_prefix for c in out]
-        prompt_ids, prompt_mask = self._left_pad([h for h in heads for _ in range(k)])
+        prompt_ids, prompt_mask = left_pad([h for h in heads for _ in range(k)], self.pad_id, self.device)
         return self._package(prompt_ids, prompt_mask, completions,
                              heads=[list(x) for x in prefixes for _ in range(k)])
 
