@@ -137,7 +137,7 @@ def _tq_fetch(batch: Any, fields: list[str]) -> dict[str, Any]:
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[field])
         except (KeyError, ValueError, RuntimeError):
             continue
-        if field in data.keys():  # a field no row has comes back as an empty TensorDict
+        if field in data:  # a field no row has comes back as an empty TensorDict
             found[field] = data.to_padded_tensor()[field]
     return found
 
