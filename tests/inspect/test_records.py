@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+import tokencredit as tc
 from group_records import synthetic_step
 from tokencredit.inspect.records import (
     FORMAT,
@@ -15,6 +16,8 @@ from tokencredit.inspect.records import (
     sample_groups,
     write_records,
 )
+from tokencredit.inspect.report import token_pieces
+from tokencredit.integrations.common import write_group_records
 
 
 def test_round_trip_through_json_and_files(tmp_path):
@@ -86,3 +89,48 @@ def test_critical_rows_come_back_by_place(tmp_path):
     path.write_text(json.dumps({"step": 6, "group": 1, "response": 1, "index": 3}) + "\n"
                     + json.dumps({"step": 6, "group": 0, "response": 2, "index": None}) + "\n")
     assert read_critical(path).index == {(6, 1, 1): 3}
+
+
+class LetterTokenizer:
+    """Token id i decodes to the i-th lowercase letter; counts the ids it decodes."""
+
+    def __init__(self) -> None:
+        self.decoded: set[int] = set()
+
+    def decode(self, ids):
+        self.decoded.update(ids)
+        return "".join(chr(97 + i) for i in ids)
+
+
+def test_engine_plugins_record_only_the_drawn_groups_rows(tmp_path):
+    """`write_group_records` (what the TRL and verl plug-ins call) writes the record that `records_from_tensors`
+    gives for the whole batch and the same drawn groups, but detokenizes and asks prompts of those rows only, and
+    draws among the `candidates` rows' groups."""
+    g = torch.Generator().manual_seed(0)
+    group = torch.arange(12) // 3
+    tokens = torch.randint(0, 26, (12, 5), generator=g)
+    mask = torch.arange(5)[None, :] < torch.randint(1, 6, (12, 1), generator=g)
+    rollouts = tc.Rollouts(group=group, mask=mask, reward=torch.randint(0, 2, (12,), generator=g).float(),
+                           tokens=tokens, entropy=torch.rand(12, 5, generator=g) * mask, truncated=mask.all(-1),
+                           budget=5)
+    credit = tc.recipe("forking", weight_params={"top": 0.5}).credit(rollouts)
+    asked = []
+
+    def prompts(rows):
+        asked.extend(rows)
+        return [f"prompt {int(group[i])}" for i in rows]
+
+    tokenizer = LetterTokenizer()
+    candidates = group != 3
+    path = write_group_records(tmp_path, rollouts, credit, step=4, recipe="forking", source="test", tokenizer=tokenizer,
+                               prompts=prompts, groups=2, max_bytes=10**6, candidates=candidates)
+    chosen = sample_groups(group[candidates], 2, seed=4)
+    rows = torch.isin(group, torch.tensor(chosen)).nonzero().squeeze(-1).tolist()
+    assert sorted(asked) == rows and 3 not in chosen
+    assert tokenizer.decoded == {int(t) for i in rows for t in tokens[i][mask[i]]}
+    whole = records_from_tensors(
+        step=4, recipe="forking", prompts=[f"prompt {int(i)}" for i in group], group=group, mask=mask, tokens=tokens,
+        reward=rollouts.reward, token_text=[token_pieces(tokenizer, t[m].tolist()) for t, m in zip(tokens, mask)],
+        groups=chosen, truncated=rollouts.truncated, keep=credit.keep, token_keep=credit.token_keep, source="test",
+        entropy=rollouts.entropy, advantage=credit.advantage, weight=credit.weight)
+    assert path == tmp_path / "records" / "step-000004.json" and read_records(tmp_path) == [whole]

@@ -86,6 +86,8 @@ def test_every_preset_starts_or_is_refused_with_its_reason(name, tiny_model):
      "algorithm.tokencredit: agg_params: aggregate 'seq_mean_token_sum_norm': budget: expected a positive length "
      "normaliser, got 0"),
     ("grpo", ["+algorithm.tokencredit.budget=0"], "algorithm.tokencredit.budget: expected a positive int"),
+    ("grpo", ["+algorithm.tokencredit.records_every=-1"],
+     "algorithm.tokencredit.records_every: expected an int >= 0, got -1"),
 ])
 def test_settings_that_would_break_the_recipe_are_refused_at_start(recipe, overrides, message):
     """Refused by verl's own start-up check, on one line that starts with `tokencredit (verl): `."""

@@ -14,9 +14,11 @@ from tensordict import TensorDict
 from verl.trainer.ppo.padding_utils import upsample_batch_to_divisible_size
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-from verl_batches import BUDGET, make_batch, rollouts_of
+from verl_batches import BUDGET, check_record, make_batch, rollouts_of
 
 import tokencredit as tc
+from tokencredit.inspect.records import read_records
+from tokencredit.models.tokenizer import build_char_tokenizer
 
 EOS = 0
 
@@ -67,13 +69,15 @@ def _v1_batch(data, partition: str):
 class Trainer:
     """What `_compute_advantage` reads of a V1 trainer."""
 
-    def __init__(self, recipe: str, advantage: str):
+    def __init__(self, recipe: str, advantage: str, run: str = "unused", **settings):
         self.global_steps, self.total_training_steps = 1, 10
         self.config = OmegaConf.create({
             "algorithm": {"adv_estimator": f"tc_{advantage}", "use_kl_in_reward": False, "gamma": 1.0, "lam": 1.0,
-                          "norm_adv_by_std_in_grpo": True, "tokencredit": {"recipe": recipe}},
+                          "norm_adv_by_std_in_grpo": True, "tokencredit": {"recipe": recipe, **settings}},
             "actor_rollout_ref": {"rollout": {"n": 4, "response_length": BUDGET}},
+            "trainer": {"default_local_dir": run},
         })
+        self.tokenizer = build_char_tokenizer()
 
 
 @pytest.mark.parametrize("name", ["tempo", "forking"])
@@ -104,6 +108,21 @@ def test_v1_compute_advantage_supplies_tokens_and_entropies(transfer_queue, name
     assert not pads.bool().any() and not stored["advantages"][real:].any()
     assert len(np.unique(stored["tc_group"][real:].numpy())) == 1  # verl's padding rows: one group of their own
     assert metrics["tokencredit/progress"] == 0.0 and 0 < metrics["tokencredit/loss_token_frac"] <= 1
+
+
+def test_v1_records_fetch_tokens_and_prompts_and_never_draw_padding_rows(transfer_queue, tmp_path):
+    """grpo reads neither token ids nor entropies; with records_every=1 the V1 call site fetches them, and the
+    recorded rows' prompts, from TransferQueue into `trainer.default_local_dir/records/`. verl's padding rows (a
+    group of their own without response tokens) are never drawn: asking for more groups than the batch's 4 records
+    the 4."""
+    data = make_batch()
+    meta = _v1_batch(data, partition="train-records")
+    trainer = Trainer("grpo", "grpo", run=str(tmp_path), records_every=1, records_groups=8)
+    PPOTrainer._compute_advantage(trainer, meta, {})
+    (record,) = read_records(tmp_path)
+    assert record.step == 1 and record.recipe == "grpo"
+    check_record(record, data, tc.recipe("grpo").credit(rollouts_of(data)), trainer.tokenizer, groups=4,
+                 channels={"logprob", "entropy", "advantage", "weight"})
 
 
 def test_v1_refuses_several_outputs_per_session(transfer_queue):

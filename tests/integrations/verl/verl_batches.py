@@ -1,7 +1,7 @@
 """Shared by the verl lane's tests and `two_ranks.py`: a verl batch as the legacy trainer holds it at advantage
 time (a `DataProto` with left-padded prompts, right-padded responses, rewards on the last token, old/reference
 log-probs, entropies, critic values, `uid`), the same batch as tokencredit `Rollouts`, and a small policy whose
-log-probs come out in verl's no-padding layout."""
+log-probs come out in verl's no-padding layout; the check of a group record the plug-in wrote from such a batch."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from verl import DataProto
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import left_right_2_no_padding
 
+from tokencredit.inspect.records import round_significant
 from tokencredit.rollouts import Rollouts, group_ids
 
 VOCAB = 9
@@ -81,6 +82,34 @@ def algorithm_config(estimator: str, **tokencredit):
     from omegaconf import OmegaConf
 
     return OmegaConf.create({"adv_estimator": estimator, "tokencredit": {"budget": BUDGET, **tokencredit}})
+
+
+def check_record(record, data: DataProto, expected, tokenizer, groups: int, channels: set[str]) -> None:
+    """`record` (written by the plug-in's estimator) holds `groups` whole groups of `data`, each response with its
+    ids, text, prompt, truncation, the per-token `channels` of the batch and the credit `expected`, rounded as the
+    format rounds."""
+    batch = data.batch
+    mask = batch["response_mask"].bool()
+    group = group_ids(list(data.non_tensor_batch["uid"]))
+    assert record.source == "verl" and len(record.groups) == groups
+    for g in record.groups:
+        rows = (group == g.group).nonzero().squeeze(-1).tolist()
+        assert len(g.responses) == len(rows)
+        first = rows[0]
+        prompt = batch["prompts"][first][batch["attention_mask"][first, : batch["prompts"].shape[1]].bool()]
+        assert g.prompt == tokenizer.decode(prompt.tolist())
+        for i, response in zip(rows, g.responses):
+            m = mask[i]
+            assert response.ids == batch["responses"][i][m].tolist() and len(response.text) == int(m.sum())
+            assert response.truncated == (int(m.sum()) >= BUDGET) and response.keep == bool(expected.keep[i])
+            assert set(response.channels) == channels
+            for channel, value in {"advantage": expected.advantage, "weight": expected.weight,
+                                   "logprob": batch["old_log_probs"], "ref_logprob": batch["ref_log_prob"],
+                                   "entropy": batch["entropy"], "value": batch["values"]}.items():
+                if channel in channels:
+                    assert response.channels[channel] == round_significant(value[i][m].float()).tolist(), channel
+            if expected.token_keep is not None:
+                assert response.token_keep == expected.token_keep[i][m].tolist()
 
 
 def worker_batch(data: DataProto) -> TensorDict:

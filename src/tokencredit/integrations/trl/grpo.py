@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from trl import GRPOTrainer
 
-from tokencredit.integrations.common import unsupported_needs
+from tokencredit.integrations.common import unsupported_needs, write_group_records
 from tokencredit.recipes import CREDIT_STAGES, Recipe, recipe
 from tokencredit.rollouts import Credit, Rollouts
 
@@ -123,22 +123,13 @@ class TokenCreditGRPOTrainer(GRPOTrainer):
         """Group records of the gathered generation batch (main process), step numbered as TRL's global step + 1."""
         from accelerate.utils import gather_object
 
-        from tokencredit.inspect.records import records_from_tensors, sample_groups, write_records
-        from tokencredit.inspect.report import token_pieces
-
         prompts = gather_object([p if isinstance(p := x["prompt"], str) else json.dumps(p) for x in inputs])
         if not self.accelerator.is_main_process:
             return
-        r = rollouts
-        text = [token_pieces(self.processing_class, row[keep].tolist()) for row, keep in zip(r.tokens, r.mask)]
-        step = self.state.global_step + 1
-        record = records_from_tensors(
-            step=step, recipe=self.recipe.name, prompts=prompts, group=r.group, mask=r.mask, tokens=r.tokens,
-            reward=r.reward, token_text=text, groups=sample_groups(r.group, self.records["groups"], seed=step),
-            truncated=r.truncated, keep=credit.keep, token_keep=credit.token_keep, source=ENGINE,
-            logprob=r.logprob, ref_logprob=r.ref_logprob, entropy=r.entropy, advantage=credit.advantage,
-            weight=credit.weight)
-        write_records(Path(self.args.output_dir), record, self.records["max_bytes"])
+        write_group_records(Path(self.args.output_dir), rollouts, credit, step=self.state.global_step + 1,
+                            recipe=self.recipe.name, source=ENGINE, tokenizer=self.processing_class,
+                            prompts=lambda rows: [prompts[i] for i in rows], groups=self.records["groups"],
+                            max_bytes=self.records["max_bytes"])
 
     @torch.no_grad()
     def _behaviour(self, out: dict[str, Any], compute_entropy: bool) -> dict[str, Tensor]:

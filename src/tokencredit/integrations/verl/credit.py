@@ -19,19 +19,27 @@ the recipe's credit in the context, from which the call site writes it to the ba
     tc_loss_mask [B,T]   `credit.loss_mask(mask)`: the tokens in the loss and its normaliser
     tc_group     [B]     integer group ids of the whole batch (`uid`), for aggregations that read groups
     tc_progress  [B]     the training progress the credit was computed at
+
+With `algorithm.tokencredit.records_every=N`, the estimator also writes the group records of `tokencredit inspect`
+at global steps 1, 1 + N, ... (in the driver, the one process that computes advantages): the sampled groups'
+token ids, prompts and every per-token quantity the batch carries, with the recipe's credit. Only then does it
+read `responses`, the prompts and the optional per-token fields a recipe did not need.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from tokencredit.integrations.verl.settings import FIELDS, PREFIX, Settings, read_settings
+from tokencredit.integrations.common import write_group_records
+from tokencredit.integrations.verl.settings import ENGINE, FIELDS, PREFIX, Settings, read_settings
 from tokencredit.masked import masked_mean, token_count, zero_outside
 from tokencredit.needs import INPUTS as INPUT_TEXT
 from tokencredit.recipes import CREDIT_STAGES
@@ -75,12 +83,14 @@ class Result:
 
 @dataclass
 class Source:
-    """Where an estimator call finds the batch: the trainer (config, step counters), the legacy `DataProto`, a
-    fetcher of further fields (V1: TransferQueue), and where it leaves its result."""
+    """Where an estimator call finds the batch: the trainer (config, step counters, tokenizer), the legacy
+    `DataProto`, fetchers of further fields and of given rows' prompt token ids (V1: TransferQueue), and where it
+    leaves its result."""
 
     trainer: Any = None
     data: Any = None
     fetch: Callable[[Sequence[str]], dict[str, Tensor]] | None = None
+    prompt_ids: Callable[[Sequence[int]], list[list[int]]] | None = None
     result: Result | None = None
 
 
@@ -131,11 +141,52 @@ def estimate(advantage: str, token_level_rewards: Tensor, response_mask: Tensor,
         returns = zero_outside(needs.values.params["returns"](rcp.shaped(rollouts, progress)).float(), mask)
     if source is not None:
         source.result = Result(s, rollouts, credit)
+        if trainer is not None and s.records.due(trainer.global_steps):
+            _record(s, rollouts, credit, source)
     return folded, returns
 
 
-def _lookup(inputs: Sequence[str], source: Source | None, mask: Tensor, who: str) -> dict[str, Tensor]:
-    """The per-token `inputs` from the batch (`FIELDS` names verl's field of each), `[B,T]` like `mask`."""
+# what a record shows when the batch carries it, whether or not the recipe reads it
+RECORDED = ("tokens", "logprob", "entropy", "ref_logprob", "value")
+
+
+def _record(s: Settings, rollouts: Rollouts, credit: Credit, source: Source) -> None:
+    """Write this global step's group records (`s.records`) with the trainer's tokenizer."""
+    if s.records.folder is None:
+        raise ValueError("algorithm.tokencredit.records_dir: records_every > 0 needs a folder (set it, or "
+                         "trainer.default_local_dir)")
+    mask = rollouts.mask
+    extra = _lookup([name for name in RECORDED if getattr(rollouts, name) is None], source, mask,
+                    f"algorithm.tokencredit.records_every={s.records.every}", required=("tokens",))
+    if rollouts.truncated is None and s.budget is not None:
+        extra["truncated"] = token_count(mask, -1) >= s.budget
+    tokenizer = source.trainer.tokenizer
+    write_group_records(Path(s.records.folder), replace(rollouts, **extra), credit, step=source.trainer.global_steps,
+                        recipe=s.recipe.name, source=ENGINE, tokenizer=tokenizer,
+                        prompts=functools.partial(_prompt_texts, source, tokenizer), groups=s.records.groups,
+                        max_bytes=s.records.max_bytes, candidates=mask.any(-1))
+
+
+def _prompt_texts(source: Source, tokenizer: Any, rows: Sequence[int]) -> list[str]:
+    """The prompts of batch rows `rows` as the policy read them (special tokens kept, padding left out): from the
+    legacy batch's left-padded `prompts`, else from the V1 fetcher."""
+    batch = getattr(source.data, "batch", None)
+    if batch is not None and "prompts" in batch:
+        ids = batch["prompts"]
+        attention = batch["attention_mask"][:, : ids.shape[1]].bool()
+        found = [ids[i][attention[i]].tolist() for i in rows]
+    elif source.prompt_ids is not None:
+        found = source.prompt_ids(rows)
+    else:
+        raise ValueError("algorithm.tokencredit.records_every: the group records need the prompts, verl's "
+                         "'prompts', which this batch does not carry")
+    return tokenizer.batch_decode(found)
+
+
+def _lookup(inputs: Sequence[str], source: Source | None, mask: Tensor, who: str,
+            required: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """The per-token `inputs` from the batch (`FIELDS` names verl's field of each), `[B,T]` like `mask`; a missing
+    one of `required` (default: all) is an error naming `who`, the others are left out."""
     found: dict[str, Tensor] = {}
     data = getattr(source, "data", None)
     batch = getattr(data, "batch", None)
@@ -146,14 +197,15 @@ def _lookup(inputs: Sequence[str], source: Source | None, mask: Tensor, who: str
     if missing and source is not None and source.fetch is not None:
         fetched = source.fetch([FIELDS[name] for name in missing])
         found.update({name: fetched[FIELDS[name]] for name in missing if FIELDS[name] in fetched})
-    for name in inputs:
-        if name not in found:
+    for name in inputs if required is None else required:
+        if name in inputs and name not in found:
             hint = {"entropy": " (verl computes it with the old log-probs: not in rollout_correction.bypass_mode)",
                     "ref_logprob": " (set actor_rollout_ref.actor.use_kl_loss=True)",
                     "value": " (set critic.enable=True)"}.get(name, "")
             raise ValueError(f"{who} needs {INPUT_TEXT.get(name, name)}, verl's {FIELDS[name]!r}, which this batch "
                              f"does not carry{hint}")
-        x = _width(found[name].to(mask.device), mask.shape[1])
+    for name, x in found.items():
+        x = _width(x.to(mask.device), mask.shape[1])
         found[name] = x.long() if name == "tokens" else zero_outside(x.float(), mask)
     return found
 

@@ -5,8 +5,8 @@ module is imported (a post-import hook, so a process that never imports a traine
   process, before Ray starts;
 * `verl.trainer.ppo.v1.trainer_base.PPOTrainer` (the V1 trainer, verl's default):
   `init`: the check, then `actor_rollout_wg.set_loss_fn(TokenCreditLoss(...))`;
-  `_compute_advantage`: the batch's TransferQueue keys for the estimator, then the credit fields written back to
-  TransferQueue;
+  `_compute_advantage`: the batch's TransferQueue keys for the estimator (its fields and, for the group records,
+  its prompts), then the credit fields written back to TransferQueue;
 * `verl.trainer.ppo.ray_trainer` (the legacy trainer, `trainer.use_v1=false`):
   `compute_advantage`: the `DataProto` for the estimator, then the credit fields written into it (the V1
   trainer calls it too, through `v1.utils`);
@@ -32,6 +32,7 @@ import functools
 import importlib.abc
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from types import ModuleType
 from typing import Any
 
@@ -98,7 +99,8 @@ def patch_v1(module: ModuleType) -> None:
             if not _ours(self):
                 return original(self, batch, metrics)
             _single_output_sessions(batch.keys)
-            source = Source(trainer=self, fetch=functools.partial(_tq_fetch, batch))
+            source = Source(trainer=self, fetch=functools.partial(_tq_fetch, batch),
+                            prompt_ids=functools.partial(_tq_prompt_ids, batch))
             token = SOURCE.set(source)
             try:
                 batch = original(self, batch, metrics)
@@ -135,8 +137,18 @@ def _tq_fetch(batch: Any, fields: list[str]) -> dict[str, Any]:
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[field])
         except (KeyError, ValueError, RuntimeError):
             continue
-        found[field] = data.to_padded_tensor()[field]
+        if field in data:  # a field no row has comes back as an empty TensorDict
+            found[field] = data.to_padded_tensor()[field]
     return found
+
+
+def _tq_prompt_ids(batch: Any, rows: list[int]) -> list[list[int]]:
+    """The prompt token ids of rows `rows` of the V1 batch (stored unpadded per row), for the group records."""
+    import transfer_queue as tq
+
+    data = tq.kv_batch_get(keys=[batch.keys[i] for i in rows], partition_id=batch.partition_id,
+                           select_fields=["prompts"])
+    return [ids.tolist() for ids in data["prompts"].unbind()]
 
 
 def _tq_put_credit(batch: Any, result: Any) -> Any:
@@ -161,7 +173,7 @@ def patch_legacy(module: ModuleType) -> None:
             if not is_tokencredit(adv_estimator):
                 return original(data, adv_estimator, *args, **kwargs)
             parent = SOURCE.get()
-            source = Source(trainer=getattr(parent, "trainer", None), data=data, fetch=getattr(parent, "fetch", None))
+            source = Source(data=data) if parent is None else replace(parent, data=data, result=None)
             token = SOURCE.set(source)
             try:
                 out = original(data, adv_estimator, *args, **kwargs)

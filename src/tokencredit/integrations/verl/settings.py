@@ -7,6 +7,10 @@
                                                      `*_params` mapping is merged into the preset's
     +algorithm.tokencredit.budget=<int>              the generation budget (default: the rollout's
                                                      `response_length`)
+    +algorithm.tokencredit.records_every=<int>       group records for `tokencredit inspect` every that many
+                                                     global steps (default 0: none); `records_groups` (2) groups
+                                                     per record, `records_max_bytes` (1 MB) per file, in
+                                                     `records_dir` (default: `trainer.default_local_dir`)
 
 Nothing here imports verl: the settings are read from an OmegaConf (or plain) mapping.
 """
@@ -32,17 +36,34 @@ INPUTS = ("tokens", "logprob", "entropy", "ref_logprob", "truncated", "budget")
 # the verl batch field that carries each supplied per-token input
 FIELDS = {"tokens": "responses", "logprob": "old_log_probs", "entropy": "entropy", "ref_logprob": "ref_log_prob",
           "value": "values"}
-PLUGIN_KEYS = ("recipe", "budget")
+PLUGIN_KEYS = ("recipe", "budget", "records_every", "records_groups", "records_max_bytes", "records_dir")
 # verl's kl_loss_type -> the tokencredit kl estimator that computes the same quantity
 VERL_KL = {"kl": "k1", "k1": "k1", "abs": "abs", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3"}
 
 
 @dataclass(frozen=True)
+class Records:
+    """Group records (docs/inspect.md): every `every` global steps (0: never), `groups` sampled groups of the
+    batch in `folder/records/`, a file at most `max_bytes`."""
+
+    every: int = 0
+    groups: int = 2
+    max_bytes: int = 1_000_000
+    folder: str | None = None
+
+    def due(self, step: int) -> bool:
+        """Whether global step `step` (the first is 1) is recorded: steps 1, 1 + every, ..."""
+        return self.every > 0 and (step - 1) % self.every == 0
+
+
+@dataclass(frozen=True)
 class Settings:
-    """What `algorithm.tokencredit` (and the estimator's name) select: the recipe and the generation budget."""
+    """What `algorithm.tokencredit` (and the estimator's name) select: the recipe, the generation budget and the
+    group records."""
 
     recipe: Recipe
     budget: int | None = None
+    records: Records = Records()
 
 
 def is_tokencredit(estimator: Any) -> bool:
@@ -69,7 +90,24 @@ def read_settings(algorithm: Mapping | None, estimator: str | None = None, train
             budget = _select(trainer_config, "data.max_response_length")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ValueError(f"algorithm.tokencredit.budget: expected a positive int (max new tokens), got {budget!r}")
-    return Settings(recipe=rcp, budget=budget)
+    return Settings(recipe=rcp, budget=budget, records=_records(raw, trainer_config))
+
+
+def _records(raw: Mapping[str, Any], trainer_config: Any) -> Records:
+    """The `records_*` settings; the folder defaults to verl's `trainer.default_local_dir` (the run's checkpoint
+    folder: the records sit next to its `global_step_N` checkpoints, and verl's checkpoint rotation removes only
+    those)."""
+    counts = {}
+    for key, default, least in (("records_every", Records.every, 0), ("records_groups", Records.groups, 1),
+                                ("records_max_bytes", Records.max_bytes, 1000)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"algorithm.tokencredit.{key}: expected an int >= {least}, got {value!r}")
+        counts[key.removeprefix("records_")] = value
+    folder = raw.get("records_dir")
+    if folder is None and trainer_config is not None:
+        folder = _select(trainer_config, "trainer.default_local_dir")
+    return Records(**counts, folder=None if folder is None else str(folder))
 
 
 def recipe_for(advantage: str, raw: Mapping[str, Any]) -> Recipe:
