@@ -63,6 +63,21 @@ def _install_loss(trainer: Any) -> None:
     trainer.actor_rollout_wg.set_loss_fn(TokenCreditLoss(s.recipe, s.budget))
 
 
+def _checked_start(original: Callable) -> Callable:
+    """Wrap the trainer method that starts the workers (V1 `init`, legacy `init_workers`): check the config first,
+    then install the plug-in's loss on the started workers; a run without a tokencredit estimator is untouched."""
+
+    def start(self, *args, **kwargs):
+        if not _ours(self):
+            return original(self, *args, **kwargs)
+        check_config(self.config)
+        result = original(self, *args, **kwargs)
+        _install_loss(self)
+        return result
+
+    return start
+
+
 # ------------------------------------------------------------------------------------------------ verl.utils.config
 def patch_config(module: ModuleType) -> None:
     def make(original):
@@ -82,17 +97,6 @@ def patch_config(module: ModuleType) -> None:
 # ------------------------------------------------------------------------------------------------ V1 trainer
 def patch_v1(module: ModuleType) -> None:
     trainer_cls = module.PPOTrainer
-
-    def make_init(original):
-        def init(self, *args, **kwargs):
-            if not _ours(self):
-                return original(self, *args, **kwargs)
-            check_config(self.config)
-            result = original(self, *args, **kwargs)
-            _install_loss(self)
-            return result
-
-        return init
 
     def make_compute_advantage(original):
         def _compute_advantage(self, batch, metrics):
@@ -114,7 +118,7 @@ def patch_v1(module: ModuleType) -> None:
 
         return _compute_advantage
 
-    _wrap(trainer_cls, "init", make_init)
+    _wrap(trainer_cls, "init", _checked_start)
     _wrap(trainer_cls, "_compute_advantage", make_compute_advantage)
 
 
@@ -198,17 +202,6 @@ def patch_legacy(module: ModuleType) -> None:
 
         return fit
 
-    def make_init_workers(original):
-        def init_workers(self, *args, **kwargs):
-            if not _ours(self):
-                return original(self, *args, **kwargs)
-            check_config(self.config)
-            result = original(self, *args, **kwargs)
-            _install_loss(self)
-            return result
-
-        return init_workers
-
     def make_old_log_prob(original):
         def _compute_old_log_prob(self, batch, *args, **kwargs):
             out = original(self, batch, *args, **kwargs)
@@ -223,7 +216,7 @@ def patch_legacy(module: ModuleType) -> None:
     _wrap(module, "compute_advantage", make_compute_advantage)
     trainer_cls = module.RayPPOTrainer
     _wrap(trainer_cls, "fit", make_fit)
-    _wrap(trainer_cls, "init_workers", make_init_workers)
+    _wrap(trainer_cls, "init_workers", _checked_start)
     _wrap(trainer_cls, "_compute_old_log_prob", make_old_log_prob)
 
 
