@@ -6,8 +6,12 @@ on-policy pairs from the warm-started model, over seeds, paired against the firs
 For each seed one warm start is shared by every loss; each (loss, seed) run starts from it in `mode: pairs` and
 samples its on-policy pairs from it with the same seed, so every loss of a seed trains on the same pairs (cDPO and
 T-REG read the rejected responses' critical tokens, found by rollouts: `cdpo` with `weights: critical`, `t_reg`
-with `source: critical`; SparsePO runs without learned masks, i.e. TDPO-1). Writes
-`benchmarks/results/pair_learning.json` (per-run histories, final accuracy mean ± 95% CI, gain over the warm
+with `source: critical`; plain `sparsepo` runs without learned masks, i.e. TDPO-1). A loss may carry parameters,
+`name:key=value[:key=value]` (values as YAML), e.g. `sparsepo:masks=sparse` for SparsePO's learned masks:
+
+    python benchmarks/pair_learning.py --losses dpo,sparsepo:masks=sparse --seeds 5 --name pair_learning_masks
+
+Writes `benchmarks/results/<name>.json` (per-run histories, final accuracy mean ± 95% CI, gain over the warm
 start and the paired difference to the first loss per seed). Settings are the demo's
 (`tokencredit.train.demo.demo_config`) unless overridden; every run checkpoints under `--work`, so a rerun
 recomputes only what is missing.
@@ -19,7 +23,9 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 
 from learning import summarise
@@ -29,10 +35,22 @@ from tokencredit.train.demo import demo_config, run_parallel
 LOSS_PARAMS = {"cdpo": {"weights": "critical"}, "t_reg": {"source": "critical"}}
 
 
+def loss_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """`name` or `name:key=value[:key=value]` as the loss and its parameters (over `LOSS_PARAMS`' for it)."""
+    name, *given = text.split(":")
+    params = dict(LOSS_PARAMS.get(name, {}))
+    for item in given:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--losses: expected name:key=value, got {text!r}")
+        params[key] = yaml.safe_load(value)
+    return name, params
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--losses", default="dpo,ipo,cdpo,t_reg,sparsepo,tab_po",
-                        help="comma-separated preference losses; the first is the baseline")
+                        help="comma-separated preference losses, each name[:key=value...]; the first is the baseline")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--sft-steps", type=int, default=None, help="default: the demo's")
     parser.add_argument("--prompts", type=int, default=128, help="on-policy prompts per run")
@@ -48,8 +66,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/pair_learning"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--name", default="pair_learning", help="results file name (without .json)")
     args = parser.parse_args()
     losses = [x.strip() for x in args.losses.split(",") if x.strip()]
+    specs = {spec: loss_spec(spec) for spec in losses}
     console = Console()
     started = time.time()
     sft = {"steps": args.sft_steps} if args.sft_steps is not None else {}
@@ -65,13 +85,13 @@ def main() -> None:
     pairs = {"prompts": args.prompts, "samples": args.samples, "epochs": args.epochs, "batch_size": args.batch_size,
              "micro_batch_size": args.batch_size, "lr": args.lr, "critical_k": args.critical_k}
     jobs = {
-        f"{name} seed {seed}": (
-            demo_config(args.work / f"seed{seed}" / name, seed=seed, mode="pairs", sft={"steps": 0}, eval=evaluation,
-                        pairs=pairs | {"loss": name, "loss_params": LOSS_PARAMS.get(name, {})}),
+        f"{spec} seed {seed}": (
+            demo_config(args.work / f"seed{seed}" / spec.replace(":", "_"), seed=seed, mode="pairs",
+                        sft={"steps": 0}, eval=evaluation, pairs=pairs | {"loss": name, "loss_params": params}),
             start[seed],
         )
         for seed in range(args.seeds)
-        for name in losses
+        for spec, (name, params) in specs.items()
     }
     results = run_parallel(jobs, args.workers, console)
     histories = {name: {seed: results[f"{name} seed {seed}"]["history"] for seed in range(args.seeds)}
@@ -79,14 +99,15 @@ def main() -> None:
     summary = summarise(histories)
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"warm": str(args.warm) if args.warm else "one per seed",
-              "losses": losses, "loss_params": {n: LOSS_PARAMS.get(n, {}) for n in losses}, "seeds": args.seeds,
+              "losses": losses, "loss_params": {spec: params for spec, (_, params) in specs.items()},
+              "seeds": args.seeds,
               "seconds": time.time() - started, "config": next(iter(jobs.values()))[0].model_dump(),
               "summary": summary, "histories": histories}
-    (args.out / "pair_learning.json").write_text(json.dumps(record, indent=1))
+    (args.out / f"{args.name}.json").write_text(json.dumps(record, indent=1))
     for name, s in summary.items():
         final = s["final"]
         gain, diff = s["gain_over_warm_start"], s["final_minus_first_recipe"]
-        console.print(f"{name:>9}: final {final['mean']:.3f} ± {final['ci95']:.3f} (pair step {final['step']}), "
+        console.print(f"{name:>21}: final {final['mean']:.3f} ± {final['ci95']:.3f} (pair step {final['step']}), "
                       f"gain over warm start {gain['mean']:+.3f} ± {gain['ci95']:.3f}, "
                       f"paired vs {losses[0]} {diff['mean']:+.3f} ± {diff['ci95']:.3f}")
 

@@ -19,6 +19,11 @@ answer and supply each need through a provider. Nothing outside a method's own m
               (p ∈ [0,1]; schedules use it without declaring it), `accuracy` (the latest held-out accuracy)
     prompts   which prompts the next step samples: `Request("uniform")` (the task's stream, the default) or a
               data curriculum
+    modules   trained modules that the stage takes as parameters, given in a config as plain data, by parameter
+              name: `{name: Request(kind, **options)}` (e.g. learned token masks built on the reference model).
+              The caller builds each with its provider, trains its parameters with the policy's optimizer (AdamW
+              weight decay: the option `weight_decay`, default 0), saves it in every checkpoint, restores it on
+              resume, and passes the module as the parameter
 
 `Needs` are values: a stage may declare a constant or a function of its (resolved) parameters.
 
@@ -76,6 +81,7 @@ class Needs:
     policy: frozenset[str] = frozenset()
     signals: frozenset[str] = frozenset()
     prompts: Request = UNIFORM
+    modules: Mapping[str, Request] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("inputs", "policy", "signals"):
@@ -97,6 +103,8 @@ class Needs:
             policy=self.policy | other.policy,
             signals=self.signals | other.signals,
             prompts=_one("prompts", self.prompts, other.prompts, what, default=UNIFORM),
+            modules=self.modules | {name: _one(f"modules.{name}", self.modules.get(name), request, what)
+                                    for name, request in other.modules.items()},
         )
 
 

@@ -6,12 +6,14 @@ import re
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import tokencredit as tc
 from helpers import TINY_MODEL as TINY
 from helpers import metric_records as _records
 from helpers import tiny_train_config as tiny_config
 from tokencredit.models import create_tiny_model, load_model
+from tokencredit.preference.masks import token_masks
 from tokencredit.sampling.hf import TransformersSampler, policy_logprob
 from tokencredit.tasks import BUILTIN_TASKS, Example, Task
 from tokencredit.train import Trainer, load_config, train
@@ -20,9 +22,12 @@ from tokencredit.train.pairs import (
     PairContext,
     PairRecord,
     accumulate_pair_gradient,
+    build_modules,
     collate,
+    pair_inputs,
     read_pairs,
     sample_pairs,
+    side_logprob,
     write_pairs,
 )
 
@@ -131,8 +136,10 @@ def test_micro_batches_give_the_batch_gradient(tiny):
             for a in range(5)]
     batch = collate(rows, sampler)
     ctx = PairContext(reference=model, params={"beta": 0.5})
+    masks = token_masks("sparse", model.config.hidden_size, model.config.num_hidden_layers, dropout=0.0)
     # (each loss's own micro-batch exactness is tested on tensors; here: the trainer's path, inputs and policy KL)
-    for loss, params in (("cdpo", {"weights": "critical", "window": 1}), ("sparsepo", {})):
+    for loss, params in (("cdpo", {"weights": "critical", "window": 1}), ("sparsepo", {}),
+                         ("sparsepo", {"masks": masks})):
         needs = tc.registry.needs_of("preference", loss, params)
         grads = []
         for micro in (5, 2):
@@ -143,6 +150,25 @@ def test_micro_batches_give_the_batch_gradient(tiny):
         for g in grads[1:]:
             torch.testing.assert_close(g, grads[0], atol=1e-6, rtol=1e-4)
     model.zero_grad()
+
+
+def test_one_reference_pass_gives_hidden_states_and_log_probs(tiny):
+    model, tok = tiny
+    batch = collate([PairRecord(Example("3+4=", ""), [5, 6], [7, 8, 9]), PairRecord(Example("12=", ""), [5], [7])],
+                    TransformersSampler(model, tok))
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        needs = tc.registry.needs_of("preference", "sparsepo", {"masks": "sparse"})
+        pairs = pair_inputs(PairContext(reference=model, params={}), batch, needs).pairs
+    finally:
+        hook.remove()
+    assert needs.inputs == {"ref_logprob", "hidden"} and len(calls) == 2  # one pass per side
+    cfg = model.config
+    assert pairs.extra["chosen_hidden"].shape == (2, 3, cfg.num_hidden_layers, cfg.hidden_size)
+    assert pairs.extra["rejected_last_hidden"].shape == (2, 4, cfg.hidden_size)
+    torch.testing.assert_close(pairs.extra["rejected_last_hidden"], pairs.extra["rejected_hidden"][:, :, -1])
+    torch.testing.assert_close(pairs.chosen_ref_logprob, side_logprob(model, batch, "chosen"))
 
 
 def test_reference_log_probs_are_the_policy_s_at_the_start(tiny):
@@ -209,6 +235,65 @@ def test_pair_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     assert resumed["finished"]
     assert _records(tmp_path / "killed" / "metrics.jsonl") == _records(tmp_path / "full" / "metrics.jsonl")
     assert resumed["history"] == full["history"]
+
+
+MASKS = {"sparse": "sparse", "sparse_last_independent": "{kind: sparse, layers: last, independent: true}",
+         "activation": "activation"}
+
+
+@pytest.mark.parametrize("masks", sorted(MASKS))
+def test_sparsepo_trains_its_masks_in_pairs_mode(tmp_path, masks):
+    data = write_jsonl(tmp_path / "pairs.jsonl", sums())
+    cfg = pair_config(tmp_path / "run", f"pairs.data=jsonl:{data}", "pairs.loss=sparsepo", "pairs.lr=0.01",
+                      f"pairs.loss_params.masks={MASKS[masks]}")
+    summary = train(cfg)
+    assert summary["finished"]
+    steps = [r for r in _records(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "pairs"]
+    assert all(0 < r["reward_mask_density"] <= 1 and 0 < r["kl_mask_density"] <= 1 for r in steps), steps
+    root = tmp_path / "run" / "checkpoints"
+    saved = root / (root / "latest").read_text() / "loss_masks.safetensors"
+    if masks == "activation":  # no parameters: nothing to train or save
+        assert not saved.exists()
+        return
+    needs = tc.registry.needs_of("preference", "sparsepo", {"masks": cfg.pairs.loss_params["masks"]})
+    reference = load_model(root / "sft")[0]
+    start = build_modules(PairContext(reference=reference, params={}), needs, cfg.seed)["masks"]
+    trained = load_file(str(saved))
+    assert set(trained) == set(start.state_dict())
+    assert any(not torch.equal(trained[k], v) for k, v in start.state_dict().items())  # the loss trained them
+    start.load_state_dict(trained)  # the checkpoint fits the module the run builds (round trip)
+    assert all(torch.equal(start.state_dict()[k], v) for k, v in trained.items())
+
+
+@pytest.mark.parametrize("kill_at", [2, 5])  # right after the warm start; mid-epoch (resumes from pair step 2)
+def test_pair_resume_with_learned_masks_reproduces_the_uninterrupted_run(tmp_path, kill_at):
+    data = write_jsonl(tmp_path / "pairs.jsonl", sums(10))
+    args = [f"pairs.data=jsonl:{data}", "pairs.loss=sparsepo", "pairs.lr=0.01", "pairs.batch_size=2",
+            "pairs.epochs=2", "pairs.loss_params.masks={independent: true, dropout: 0.2}",
+            "pairs.loss_params.lambda_u=0.01", "sft.steps=2", "checkpoint_every=2", "eval.every=3"]
+    full = train(pair_config(tmp_path / "full", *args))
+    cfg = pair_config(tmp_path / "killed", *args)
+    assert not Trainer(cfg).run(stop_after=kill_at)["finished"]
+    resumed = Trainer(cfg).run()
+    assert resumed["finished"] and resumed["history"] == full["history"]
+    assert _records(tmp_path / "killed" / "metrics.jsonl") == _records(tmp_path / "full" / "metrics.jsonl")
+    final = [load_file(str(tmp_path / run / "checkpoints" / "step-12" / "loss_masks.safetensors"))
+             for run in ("full", "killed")]
+    assert final[0].keys() == final[1].keys() and all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
+@pytest.mark.parametrize(("masks", "message"), [
+    ("dense", "masks.kind: expected one of ['sparse', 'activation'], got 'dense'"),
+    ("{layers: first}", "masks.layers: expected one of ['all', 'last'], got 'first'"),
+    ("{dropout: 1}", "masks.dropout: expected a probability in [0, 1), got 1"),
+    ("{independent: 2}", "masks.independent: expected true or false, got 2"),
+    ("{kind: activation, independent: true}", "masks: ['independent'] are not options of 'activation' masks"),
+    ("{lr: 1}", "masks: ['lr'] are not options of 'sparse' masks"),
+])
+def test_bad_mask_config_is_one_line_naming_the_field(masks, message):
+    with pytest.raises(ValueError, match=r"^invalid training config: pairs.loss_params: " + re.escape(message)) as err:
+        load_config(None, ["pairs.loss=sparsepo", f"pairs.loss_params.masks={masks}"])
+    assert "\n" not in str(err.value)
 
 
 def test_pair_config_errors_name_the_field(tmp_path):

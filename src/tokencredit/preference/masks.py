@@ -3,7 +3,11 @@
 
 Both are `torch.nn.Module`s called as `masks(hidden, mask) -> [B,T]` (or `(reward_mask, kl_mask)` for independent
 heads), 0 outside `mask`, on per-token features of the *frozen reference model*: `hidden [B,T,L,d]` (L layers)
-or `[B,T,d]` (one layer), read by `preference 'sparsepo'` from `Pairs.extra["<side>_hidden"]`.
+or `[B,T,d]` (one layer), read by `preference 'sparsepo'` from `Pairs.extra["<side>_<input>"]` (`input`: the
+module's attribute, `hidden` for every layer, `last_hidden` for the last).
+
+From a config a mask is plain data, `"sparse"`, `"activation"` or a mapping with `kind` and options
+(`mask_request`); a trainer builds the module from it with `token_masks` and the reference model's size.
 """
 
 from __future__ import annotations
@@ -15,6 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tokencredit.masked import zero_outside
+from tokencredit.needs import Request
+
+MASK_KINDS = ("sparse", "activation")
+LAYERS = {"all": "hidden", "last": "last_hidden"}  # which reference layers a mask reads → the input that holds them
+MASK_REQUEST = "token_masks"  # the name a trainer's module provider is registered under
+# options of a mask given as data, with defaults: the code's (`sparse_config.py`: mask dropout and weight decay)
+SPARSE_OPTIONS = {"layers": "all", "independent": False, "dropout": 0.01, "weight_decay": 0.01}
+ACTIVATION_OPTIONS = {"layers": "all"}
 
 
 def _layers(hidden: Tensor, mask: Tensor, what: str) -> Tensor:
@@ -91,8 +103,11 @@ class ActivationMasks(nn.Module):
     """
 
     independent = False
-    input = "hidden"
-    inputs = frozenset({"hidden"})
+
+    def __init__(self, input: str = "hidden") -> None:
+        super().__init__()
+        self.input = input
+        self.inputs = frozenset({input})
 
     def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
         activation = _layers(hidden.detach(), mask, "ActivationMasks").float().mean((-2, -1))
@@ -102,3 +117,44 @@ class ActivationMasks(nn.Module):
         finite = torch.isfinite(spread) & (spread > 0)
         scaled = (activation - torch.where(finite, low, 0.0)) / torch.where(finite, spread, 1.0)
         return zero_outside(torch.where(finite, scaled, 1.0), mask)
+
+
+def mask_request(spec: object) -> Request:
+    """The module request (`Needs.modules`) of a mask given as data: `"sparse"` or `"activation"`, or a mapping
+    `{kind: sparse, layers: all|last, independent: bool, dropout: p, weight_decay: w}` (`activation` takes `layers`
+    only), options not given at their defaults (`SPARSE_OPTIONS`). A ValueError names `masks` and the option."""
+    given = {"kind": spec} if isinstance(spec, str) else spec
+    if not isinstance(given, dict):
+        raise ValueError(f"masks: expected {' or '.join(map(repr, MASK_KINDS))}, a mapping {{kind: ..., options}} or "
+                         f"a mask module, got {spec!r}")
+    options = dict(given)
+    kind = options.pop("kind", "sparse")
+    if kind not in MASK_KINDS:
+        raise ValueError(f"masks.kind: expected one of {list(MASK_KINDS)}, got {kind!r}")
+    defaults = SPARSE_OPTIONS if kind == "sparse" else ACTIVATION_OPTIONS
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"masks: {unknown} are not options of {kind!r} masks (it takes {sorted(defaults)})")
+    options = {**defaults, **options}
+    if options["layers"] not in LAYERS:
+        raise ValueError(f"masks.layers: expected one of {list(LAYERS)}, got {options['layers']!r}")
+    if kind == "sparse":
+        if not isinstance(options["independent"], bool):
+            raise ValueError(f"masks.independent: expected true or false, got {options['independent']!r}")
+        for name, ok, text in (("dropout", lambda p: 0 <= p < 1, "a probability in [0, 1)"),
+                               ("weight_decay", lambda w: w >= 0, "a number >= 0")):
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+                raise ValueError(f"masks.{name}: expected {text}, got {value!r}")
+    return Request(MASK_REQUEST, kind=kind, **options)
+
+
+def token_masks(kind: str, hidden_size: int, num_layers: int, *, layers: str = "all", independent: bool = False,
+                dropout: float = 0.01) -> nn.Module:
+    """The mask module of a `mask_request` (its options but `weight_decay`, the optimizer's) for a reference model
+    with `num_layers` layers of size `hidden_size`: `SparseTokenMasks` over every layer (`layers="all"`) or the
+    last, or `ActivationMasks`."""
+    if kind == "activation":
+        return ActivationMasks(input=LAYERS[layers])
+    return SparseTokenMasks(hidden_size, num_layers if layers == "all" else 1, independent=independent,
+                            dropout=dropout, input=LAYERS[layers])

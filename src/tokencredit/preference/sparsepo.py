@@ -20,6 +20,7 @@ from tokencredit.preference.common import (
     pair_stats,
     sequence_sum,
 )
+from tokencredit.preference.masks import LAYERS, mask_request
 from tokencredit.registry import register
 
 KL_TERMS = ("masked", "full", "none")
@@ -36,10 +37,15 @@ def token_kl(ref_logits: Tensor, logits: Tensor) -> Tensor:
     return (ref.exp() * (ref - torch.log_softmax(logits.float(), -1))).sum(-1)
 
 
-def _needs(masks: nn.Module | None = None, mask_on_reward: bool = True, kl_term: str = "masked", **_) -> Needs:
+def _needs(masks: nn.Module | str | dict | None = None, mask_on_reward: bool = True, kl_term: str = "masked",
+           **_) -> Needs:
+    """A mask given as data (`"sparse"`, `"activation"`, `{kind: ..., options}`: a config's) is a module for the
+    caller to build and train (`Needs.modules`), reading the reference hidden states its `layers` option names."""
+    modules = {} if masks is None or isinstance(masks, nn.Module) else {"masks": mask_request(masks)}
     uses_masks = masks is not None and (mask_on_reward or kl_term == "masked")
-    inputs = {"ref_logprob"} | (set(getattr(masks, "inputs", {"hidden"})) if uses_masks else set())
-    return Needs(inputs=inputs, policy={"kl"} if kl_term != "none" else ())
+    reads = {LAYERS[modules["masks"].params["layers"]]} if modules else set(getattr(masks, "inputs", {"hidden"}))
+    inputs = {"ref_logprob"} | (reads if uses_masks else set())
+    return Needs(inputs=inputs, policy={"kl"} if kl_term != "none" else (), modules=modules)
 
 
 @register("preference", "sparsepo", needs=_needs)
@@ -66,7 +72,9 @@ def sparsepo(
 
     `L = Σ_i ℓ_i / num_pairs` (‖m‖₁ sums over the response's tokens). The masks come from `masks`, a module called
     on the reference model's hidden states (`Pairs.extra["<side>_hidden"]`): `SparseTokenMasks` (learned, trained
-    by this loss: not detached) or `ActivationMasks` (MaPO). `mask_on_reward=False` sets m^u ≡ 1; `kl_term`:
+    by this loss: not detached) or `ActivationMasks` (MaPO); from a config, `masks` is data (`"sparse"`,
+    `"activation"` or a mapping, `masks.mask_request`), a module the caller builds and trains (`Needs.modules`).
+    `mask_on_reward=False` sets m^u ≡ 1; `kl_term`:
     `"masked"` (m^d from `masks`), `"full"` (m^d ≡ 1, TDPO's sequential KL) or `"none"` (m^d ≡ 0, no KL).
     The per-token KL is a current-policy quantity (policy need `kl`): pass `chosen_kl [B,T_c]` and
     `rejected_kl [B,T_r]`, computed with gradient from both models' logits (`token_kl`).

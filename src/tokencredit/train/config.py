@@ -124,7 +124,7 @@ class PairsConfig(_Strict):
     @field_validator("loss_params")
     @classmethod
     def _known_params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from tokencredit.registry import parameters
+        from tokencredit.registry import needs_of, parameters
 
         loss = info.data.get("loss")
         if loss is None:  # the loss itself was refused
@@ -134,6 +134,7 @@ class PairsConfig(_Strict):
         unknown = sorted(set(value) - known) if not any_keyword else []
         if unknown:
             raise ValueError(f"{unknown} are not parameters of preference {loss!r} (it takes {sorted(known)})")
+        needs_of("preference", loss, value)  # a value given as data (a mask spec) is checked where it is read
         return value
 
 

@@ -6,8 +6,11 @@
     batch        `PairBatch`: prompts (left-padded), both sides' response ids (EOS appended where the response
                  ended) and the `tokencredit.Pairs` the preference loss reads
     inputs       the loss's needs (`tc.registry.needs_of("preference", ...)`) from the pair providers
-                 (`register_provider("pair_input", name)`): `ref_logprob` (the frozen reference), `token_reward`
-                 (a guide model's implicit token rewards), `critical` (from the data)
+                 (`register_provider("pair_input", name)`): `ref_logprob` (the frozen reference), `hidden` and
+                 `last_hidden` (its hidden states, from the same forward pass), `token_reward` (a guide model's
+                 implicit token rewards), `critical` (from the data)
+    modules      the loss's trained modules (`Needs.modules`, e.g. learned token masks), built once per run by
+                 `register_provider("pair_module", name)`, trained with the policy, saved in every checkpoint
     update       micro-batches of one batch of pairs, each called with the whole batch's `num_pairs`, so the
                  summed gradient is the whole batch's
 
@@ -41,13 +44,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tokencredit.analysis.recorded import response_tokens
-from tokencredit.needs import Needs
+from tokencredit.needs import Needs, Request
 from tokencredit.pairs import SIDES, Pairs
+from tokencredit.preference.masks import MASK_REQUEST, token_masks
 from tokencredit.rewards import safe_score
-from tokencredit.sampling.hf import TransformersSampler, gathered, response_logits, tempered_logprobs
+from tokencredit.sampling.hf import (
+    TransformersSampler,
+    gathered,
+    prompt_response_inputs,
+    response_logits,
+    tempered_logprobs,
+)
 from tokencredit.tasks import Example, Task
 from tokencredit.tasks.jsonl import jsonl_records
 from tokencredit.train.providers import provider, register_provider
@@ -229,7 +240,11 @@ def side_logits(model: torch.nn.Module, batch: PairBatch, side: str) -> Tensor:
 
 def side_logprob(model: torch.nn.Module, batch: PairBatch, side: str) -> Tensor:
     """`[B,T]` log-probs (temperature 1) of the response tokens of `side`, 0 outside its mask."""
-    logprob = gathered(tempered_logprobs(side_logits(model, batch, side), 1.0), batch.ids(side))
+    return _response_logprob(side_logits(model, batch, side), batch, side)
+
+
+def _response_logprob(logits: Tensor, batch: PairBatch, side: str) -> Tensor:
+    logprob = gathered(tempered_logprobs(logits, 1.0), batch.ids(side))
     return logprob * getattr(batch.pairs, f"{side}_mask")
 
 
@@ -238,6 +253,26 @@ def side_logprob(model: torch.nn.Module, batch: PairBatch, side: str) -> Tensor:
 def reference_logprob(ctx: PairContext, batch: PairBatch) -> dict[str, Tensor]:
     """The frozen reference policy's log-probs of both responses (`Pairs.<side>_ref_logprob`)."""
     return {f"{side}_ref_logprob": side_logprob(ctx.reference, batch, side) for side in SIDES}
+
+
+@register_provider("pair_input", "hidden")
+@register_provider("pair_input", "last_hidden")
+@torch.no_grad()
+def reference_hidden(ctx: PairContext, batch: PairBatch) -> dict[str, Tensor]:
+    """The frozen reference's hidden states at the positions that predict each response token (where its logits
+    are read): every layer's output `extra["<side>_hidden"] [B,T,L,d]` (L = num_hidden_layers; not the
+    embeddings) and the last `extra["<side>_last_hidden"] [B,T,d]`, with its log-probs `<side>_ref_logprob` from
+    the same forward pass."""
+    out = {}
+    for side in SIDES:
+        ids = batch.ids(side)
+        t = ids.shape[1]
+        result = ctx.reference(**prompt_response_inputs(batch.prompt_ids, batch.prompt_mask, ids),
+                               logits_to_keep=t + 1, output_hidden_states=True)
+        layers = torch.stack([h[:, -t - 1:-1] for h in result.hidden_states[1:]], dim=2)
+        out[f"{side}_hidden"], out[f"{side}_last_hidden"] = layers, layers[:, :, -1]
+        out[f"{side}_ref_logprob"] = _response_logprob(result.logits[:, :-1], batch, side)
+    return out
 
 
 @register_provider("pair_input", "token_reward")
@@ -281,12 +316,66 @@ def policy_token_kl(ctx: PairContext, batch: PairBatch, side: str, logits: Tenso
 def pair_inputs(ctx: PairContext, batch: PairBatch, needs: Needs) -> PairBatch:
     """`batch` with every input `needs.inputs` names that its `Pairs` lacks, from the pair providers."""
     pairs = batch.pairs
+    # in name order, so `hidden` comes before `ref_logprob` and the one reference pass supplies both
     for name in sorted(needs.inputs):
         chosen, rejected = pairs.side(name)
         if rejected is None or (chosen is None and name != "critical"):  # a chosen side has no critical token
             pairs = pairs.with_inputs(**provider("pair_input", name)(ctx, PairBatch(batch.prompt_ids,
                                                                                      batch.prompt_mask, pairs)))
     return PairBatch(batch.prompt_ids, batch.prompt_mask, pairs)
+
+
+@register_provider("pair_module", MASK_REQUEST)
+def reference_token_masks(ctx: PairContext, request: Request) -> torch.nn.Module:
+    """Token masks (`preference.masks.token_masks`) sized to the frozen reference, whose hidden states they read."""
+    config = ctx.reference.config
+    options = {k: v for k, v in request.params.items() if k != "weight_decay"}  # the optimizer's, not the module's
+    return token_masks(hidden_size=config.hidden_size, num_layers=config.num_hidden_layers, **options)
+
+
+def build_modules(ctx: PairContext, needs: Needs, seed: int) -> dict[str, torch.nn.Module]:
+    """The loss's trained modules (`needs.modules`) from the pair module providers, by parameter name, on the
+    reference's device, in train mode. Initialised from their own generator (`seed`), so a run and its resume
+    build the same modules and the global RNG is not drawn from."""
+    device = next(ctx.reference.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return {name: provider("pair_module", request.name)(ctx, request).to(device).train()
+                for name, request in sorted(needs.modules.items())}
+
+
+def module_groups(modules: dict[str, torch.nn.Module], needs: Needs) -> list[dict[str, Any]]:
+    """Optimizer parameter groups of `modules`: each its own, with its request's `weight_decay` (default 0)."""
+    groups = [{"params": list(module.parameters()), "weight_decay": needs.modules[name].params.get("weight_decay", 0.0)}
+              for name, module in modules.items()]
+    return [group for group in groups if group["params"]]
+
+
+def _module_file(folder: Path, name: str) -> Path:
+    return folder / f"loss_{name}.safetensors"
+
+
+def save_modules(folder: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Each module's `state_dict` as `folder/loss_<parameter>.safetensors` (modules without state: none)."""
+    for name, module in modules.items():
+        state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+        if state:
+            save_file(state, str(_module_file(folder, name)))
+
+
+def load_modules(folder: Path, modules: dict[str, torch.nn.Module]) -> None:
+    """Restore what `save_modules` wrote into `modules`; a ValueError names a missing or mismatched file."""
+    for name, module in modules.items():
+        if not module.state_dict():
+            continue
+        path = _module_file(folder, name)
+        if not path.is_file():
+            raise ValueError(f"{folder}: the checkpoint has no {path.name} (the loss's trained {name!r}); resume "
+                             "from a checkpoint of this run")
+        try:
+            module.load_state_dict(load_file(str(path), device=str(next(module.parameters()).device)))
+        except RuntimeError as err:
+            raise ValueError(f"{path}: does not fit the loss's {name!r} ({str(err).splitlines()[0]})") from None
 
 
 def accumulate_pair_gradient(model: torch.nn.Module, loss_fn: Callable, params: dict[str, Any], ctx: PairContext,

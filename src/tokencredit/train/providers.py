@@ -13,6 +13,8 @@ beside itself and no trainer code changes:
     policy    entropy              function `(logp [n,w,V], tokens) -> [n,w]` in every training forward pass
     pair_input   ref_logprob, ...  function `(ctx, PairBatch) -> {Pairs field: tensor}`   pairs mode (train/pairs.py)
     pair_policy  kl                function `(ctx, PairBatch, side, logits) -> [B,T]`  pairs mode, forward pass
+    pair_module  token_masks       function `(ctx, Request) -> nn.Module`   pairs mode, once per run (the loss's
+                                   trained modules, `Needs.modules`)
 
 The transformers sampler records `tokens`, `logprob`, `entropy`, `truncated` and `budget`; the vLLM sampler records no
 `entropy` (and no `logprob` with top_p < 1), which the `entropy` and `logprob` input providers then supply from a
@@ -43,7 +45,7 @@ from tokencredit.tasks import Example, Task
 from tokencredit.train.batch import Batch
 from tokencredit.train.config import TrainConfig
 
-KINDS = ("prompts", "rollout", "input", "values", "policy", "pair_input", "pair_policy")
+KINDS = ("prompts", "rollout", "input", "values", "policy", "pair_input", "pair_policy", "pair_module")
 _PROVIDERS: dict[tuple[str, str], Any] = {}
 
 

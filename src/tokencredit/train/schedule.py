@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, groups: Sequence[dict] = ()
+                   ) -> torch.optim.Optimizer:
+    """AdamW on `model`'s parameters and any further parameter `groups` (trained modules beside the model, each
+    with its own weight decay); every group follows one learning rate."""
+    return torch.optim.AdamW([{"params": list(model.parameters()), "weight_decay": weight_decay}, *groups], lr=lr,
+                             weight_decay=weight_decay, betas=(0.9, 0.99))
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:

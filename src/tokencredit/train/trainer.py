@@ -64,10 +64,14 @@ from tokencredit.train.pairs import (
     PairContext,
     PairRecord,
     accumulate_pair_gradient,
+    build_modules,
     collate,
     epoch_order,
+    load_modules,
+    module_groups,
     read_pairs,
     sample_pairs,
+    save_modules,
     steps_per_epoch,
     with_critical_tokens,
     write_pairs,
@@ -183,6 +187,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.providers: Providers | None = None  # what the recipe needs, built when RL starts
         self.pair_records: list[PairRecord] | None = None  # the pair data, built when pair training starts
+        self.pair_modules: dict[str, torch.nn.Module] = {}  # the preference loss's trained modules (pairs mode)
 
     def _check_same_run(self, checkpoint: Path) -> None:
         """A ValueError unless the run in `out` (its checkpoint's recorded config) has this run's config, up to the
@@ -283,11 +288,13 @@ class Trainer:
                                        f"({err.strerror or err}); {where}") from err
 
     def _save_extra(self, folder: Path) -> None:
-        """What a checkpoint holds besides the model and trainer state: the providers' files, the pair data."""
+        """What a checkpoint holds besides the model and trainer state: the providers' files, the pair data and the
+        preference loss's trained modules."""
         if self.providers is not None:
             self.providers.save(folder)
         if self.pair_records is not None:
             write_pairs(folder / PAIRS_FILE, self.pair_records, self.tokenizer)
+        save_modules(folder, self.pair_modules)
 
     def _restore_optimizer(self) -> None:
         """The optimizer and RNG state of the checkpoint resumed from (the RNG last, after anything that draws)."""
@@ -475,7 +482,8 @@ class Trainer:
     # ---------------------------------------------------------------- pairs
     def _train_pairs(self) -> None:
         """Epochs over the pair data with the configured preference loss; the reference is the warm-started
-        policy, frozen. The pair data is built (or read) once and saved with every checkpoint."""
+        policy, frozen. The pair data is built (or read) once and saved with every checkpoint; so are the loss's
+        trained modules (`Needs.modules`), which the policy's optimizer trains."""
         cfg = self.cfg.pairs
         resumed = self.resume_from
         reference = load_model(self._rl_start(), device=self.cfg.device)[0].requires_grad_(False)
@@ -483,13 +491,18 @@ class Trainer:
         loss_fn, params = get("preference", cfg.loss), dict(cfg.loss_params)
         needs = needs_of("preference", cfg.loss, params)
         context = PairContext(reference=reference, params=params, guide=guide)
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        self._restore_optimizer()  # the RNG as checkpointed, before the data is drawn
+        self.pair_modules = build_modules(context, needs, self.cfg.seed)
         built = resumed is None or not (resumed / PAIRS_FILE).is_file()
+        if not built:
+            load_modules(resumed, self.pair_modules)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, module_groups(self.pair_modules, needs))
+        self._restore_optimizer()  # the RNG as checkpointed, before the data is drawn
         self.pair_records = self._pair_data(needs) if built else read_pairs(resumed / PAIRS_FILE, self.tokenizer)
         if built:
             self._checkpoint()  # the data (and the RNG after drawing it) before the first update
         records = self.pair_records
+        loss_params = params | self.pair_modules
+        trained = [p for group in self.optimizer.param_groups for p in group["params"]]
         per_epoch = steps_per_epoch(len(records), cfg.batch_size)
         total = cfg.epochs * per_epoch
         bar = self._bar(f"pairs {cfg.loss}", total, self.state["step"])
@@ -502,8 +515,9 @@ class Trainer:
                 group["lr"] = lr_at(step, total, cfg.lr, cfg.warmup)
             started = time.time()
             self.model.train()
-            stats = accumulate_pair_gradient(self.model, loss_fn, params, context, batch, needs, cfg.micro_batch_size)
-            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+            stats = accumulate_pair_gradient(self.model, loss_fn, loss_params, context, batch, needs,
+                                             cfg.micro_batch_size)
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip).item()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             seconds = max(time.time() - started, 1e-9)

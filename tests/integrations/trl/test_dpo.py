@@ -114,4 +114,6 @@ def test_what_trl_cannot_feed_is_refused(tmp_path):
         check_loss("dpo", {}, config(tmp_path, precompute_ref_log_probs=True))
     with pytest.raises(ValueError, match=r"loss_params \['gamma'\] are not parameters of preference 'dpo'"):
         check_loss("dpo", {"gamma": 1.0}, config(tmp_path))
+    with pytest.raises(ValueError, match=r"loss_params 'masks' given as data is a module to build and train"):
+        check_loss("sparsepo", {"kl_term": "none", "masks": "sparse"}, config(tmp_path))
     check_loss("sparsepo", {"kl_term": "none"}, config(tmp_path))  # no KL term: nothing TRL lacks

@@ -50,6 +50,8 @@ def check_loss(loss: str, params: dict[str, Any], args: Any) -> None:
                      for name in sorted(needs.inputs - SUPPLIED)]
         problems += [f"preference {loss!r} needs the current policy's {name!r}, which {ENGINE} cannot supply"
                      for name in sorted(needs.policy)]
+        problems += [f"loss_params {name!r} given as data is a module to build and train, which {ENGINE} does not"
+                     for name in sorted(needs.modules)]
     if args.precompute_ref_log_probs:
         problems.append("precompute_ref_log_probs=True stores only sequence sums: token-level losses need the "
                         "reference's per-token log-probs (set it False)")
