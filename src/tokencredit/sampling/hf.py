@@ -50,6 +50,14 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | 
     return ids.to(device), mask.to(device)
 
 
+def sample_limit(max_new_tokens: int | None, default: int) -> int:
+    """A `sample` call's token limit: `max_new_tokens`, or the sampler's `default` for None; < 1 is an error (a
+    sampled response has at least one token)."""
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected >= 1 (or None for the sampler's {default}), got {max_new_tokens}")
+    return default if max_new_tokens is None else max_new_tokens
+
+
 class _ExcludeFirst(LogitsProcessor):
     """Sets `scores[row, banned[row]] = −inf` at the first generated step, the one whose input is `start` wide
     (the padded prompt + prefix); rows with `banned = −1` are untouched."""
@@ -112,11 +120,8 @@ class TransformersSampler:
     def sample(self, prompts: list[str], *, greedy: bool = False, max_new_tokens: int | None = None) -> Samples:
         """One response per prompt (repeat a prompt G times for a group), of at most `max_new_tokens` tokens
         (default: the sampler's)."""
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected >= 1 (or None for the sampler's {self.max_new_tokens}), "
-                             f"got {max_new_tokens}")
         prompt_ids, prompt_mask = self.encode_prompts(prompts)
-        return self._generate(prompt_ids, prompt_mask, greedy, max_new_tokens)
+        return self._generate(prompt_ids, prompt_mask, greedy, sample_limit(max_new_tokens, self.max_new_tokens))
 
     @torch.no_grad()
     def continue_from(self, prompts: list[str], prefixes: list[list[int]], k: int,

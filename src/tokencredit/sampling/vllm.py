@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tokencredit.sampling.hf import Samples, left_pad
+from tokencredit.sampling.hf import Samples, left_pad, sample_limit
 
 CPU_HEAD_DIM_RULE = "head_dim ≥ 32 and a multiple of 16"
 # vLLM logs to stdout by default; commands such as `tokencredit eval` print their result there
@@ -210,10 +210,7 @@ class VLLMSampler:
     def sample(self, prompts: list[str], *, greedy: bool = False, max_new_tokens: int | None = None) -> Samples:
         """One response per prompt (repeat a prompt G times for a group), of at most `max_new_tokens` tokens
         (default: the sampler's)."""
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected >= 1 (or None for the sampler's {self.max_new_tokens}), "
-                             f"got {max_new_tokens}")
-        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        limit = sample_limit(max_new_tokens, self.max_new_tokens)
         ids = [list(r) for r in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
         runs: list[tuple[list[int], int]] = []  # identical prompts in a row: one request with n = their count
         for i, row in enumerate(ids):
