@@ -152,10 +152,11 @@ def test_steer_is_the_formula_as_written(block, case):
         omega = entropy_change(r, advantage)
     expected = _steer_reference(r, advantage, **params)
     assert w.dtype == torch.float32 and w.shape == r.mask.shape
-    # one block is the same float32 operations on the same elements: bit for bit; blocks may round a
-    # vectorised transcendental's tail element differently (1 ulp)
-    torch.testing.assert_close(w, expected, rtol=0.0 if block is None else 1e-6, atol=0.0, equal_nan=True)
+    # float32 rounding apart: log p is the clamped log-prob (not log(exp(·))) and exponentials are exp2, so Ω
+    # may differ by a few ulp of its terms A·(1 − p)·log p and A·(1 − p)·H (more than of Ω itself where they cancel)
     p = r.logprob.exp().clamp(1e-8, 1.0 - 1e-8)
     expected_omega = torch.where(r.mask, advantage * (1.0 - p) * (p.log() + r.entropy), 0.0)
-    torch.testing.assert_close(omega, expected_omega, rtol=0.0 if block is None else 1e-6, atol=0.0,
-                               equal_nan=True)
+    scale = torch.where(r.mask, advantage.abs() * (p.log().abs() + r.entropy), 0.0)
+    close = (omega - expected_omega).abs() <= 1e-6 * scale + 1e-30
+    assert (close | (omega == expected_omega) | (omega.isnan() & expected_omega.isnan())).all()
+    torch.testing.assert_close(w, expected, rtol=2e-6, atol=0.0, equal_nan=True)

@@ -189,8 +189,9 @@ def d3s_tokens(rollouts: Rollouts, advantage: Tensor, top: float = 0.2, keep: Te
     Optimization" (Wang et al., 2025). Pair it with the `d3s_samples` select stage (the `d3s` preset); K may
     follow a schedule over training progress. Ties at τ are all kept.
     """
-    score = torch.abs(advantage.float()).mul_(token_field(rollouts, "entropy", "d3s_tokens"))
-    return top_fraction_mask(score, _ranked(rollouts.mask, keep), top, within=rollouts.mask)
+    entropy = token_field(rollouts, "entropy", "d3s_tokens")
+    score = torch.abs(advantage.float().expand(rollouts.mask.shape)).mul_(entropy)  # a fresh [B,T]: the output too
+    return top_fraction_mask(score, _ranked(rollouts.mask, keep), top, within=rollouts.mask, out=score)
 
 
 def _ranked(mask: Tensor, keep: Tensor | None) -> Tensor:
