@@ -18,7 +18,9 @@ T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random cr
   stage ms / grpo ms, interleaved; goals: the batch-quantile selections ≤ 10×, steer ≤ 5×) and next to the
   implementation they replaced (`before`, a verbatim copy: a `topk` of the top fraction of the masked copy of
   the scores; the STEER formula written out with a masked copy for the maximum), whose output must be equal (steer's:
-  within 2e-6, float32 rounding of its log p and exp2 choices).
+  within 2e-6, float32 rounding of its log p and exp2 choices). `x input floor` = stage ms / one elementwise pass
+  that reads the stage's float [B,T] inputs into a fresh output (`INPUT_FLOORS`), a yardstick that does not move
+  when grpo gets faster.
   `--large` adds `forking_tokens` on B = 8192, T = 8192 (67M elements: 512 prompts × 16 responses × 8k
   positions, 42M of them tokens; beyond the 2^24 elements `torch.quantile` accepts), next to grpo there
   (≈2 GB of memory, ≈1 min with `before`).
@@ -230,6 +232,15 @@ WEIGHT_REFS = {  # name → (goal: at most this many times grpo's time, rtol aga
     "steer": (5.0, 2e-6, ref_steer),  # log p and exp2 instead of log(exp(·)) and exp: float32 rounding apart
 }
 
+# One elementwise pass that reads the stage's float [B,T] inputs and writes a fresh float [B,T] output: the memory
+# traffic no implementation of the stage can avoid (grpo reads a [B] reward and the mask: its traffic is ~1/3 of
+# steer's 3 inputs and output). `x floor` = stage ms / this; a yardstick that does not move when grpo gets faster.
+INPUT_FLOORS = {
+    "forking_tokens": lambda r, adv: torch.mul(r.entropy, 1.0),
+    "d3s_tokens": lambda r, adv: torch.mul(adv, r.entropy),
+    "steer": lambda r, adv: torch.addcmul(adv, r.logprob, r.entropy),
+}
+
 GROUP_REFS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
 
 
@@ -382,15 +393,18 @@ class Bench:
     def add_stage_row(self, stage: str, name: str, timing: dict[str, Timing], goal: float, reference_kind: str,
                       max_abs_diff: float) -> None:
         """A stage timed with `interleaved_many` as lib / grpo / ref: `x_grpo` = lib ms / grpo ms (its goal:
-        at most `goal`), `ratio` = ref ms / lib ms."""
+        at most `goal`), `ratio` = ref ms / lib ms, and with a "floor" timing `x_floor` = lib ms / floor ms."""
         (lib, lib_cpu), (grpo, grpo_cpu), (ref, ref_cpu) = timing["lib"], timing["grpo"], timing["ref"]
         row = {"stage": stage, "name": name, "reference": reference_kind, "ref_ms": ref, "ref_cpu_ms": ref_cpu,
                "lib_ms": lib, "lib_cpu_ms": lib_cpu, "ratio": ref / lib, "cpu_ratio": ref_cpu / lib_cpu,
                "max_abs_diff": max_abs_diff, "grpo_ms": grpo, "grpo_cpu_ms": grpo_cpu, "x_grpo": lib / grpo,
                "x_grpo_cpu": lib_cpu / grpo_cpu, "x_grpo_goal": goal, "meets_goal": lib / grpo <= goal}
+        if "floor" in timing:
+            row.update(floor_ms=timing["floor"][0], x_floor=lib / timing["floor"][0])
         self.rows.append(row)
         print(f"  {stage:10s} {name:36s} lib {lib:9.2f} ms  grpo {grpo:6.2f} ms  {lib / grpo:5.1f}x grpo "
-              f"(cpu {lib_cpu / grpo_cpu:.1f}x; goal <= {goal:g}x)  before {ref:9.2f} ms  {ref / lib:.1f}x faster",
+              f"(cpu {lib_cpu / grpo_cpu:.1f}x; goal <= {goal:g}x)  before {ref:9.2f} ms  {ref / lib:.1f}x faster"
+              + (f"  {row['x_floor']:.1f}x its input floor ({row['floor_ms']:.2f} ms)" if "floor" in timing else ""),
               flush=True)
 
 
@@ -532,8 +546,10 @@ def measure_weights(bench: Bench, rollouts: tc.Rollouts, advantage: Tensor) -> N
 
         out, expected = library(), reference()
         torch.testing.assert_close(out, expected, rtol=rtol, atol=0.0, msg=lambda m, name=name: f"{name}: {m}")
-        timing = interleaved_many({"lib": library, "grpo": lambda: grpo(rollouts), "ref": reference},
-                                  {"lib": bench.runs, "grpo": bench.runs, "ref": bench.ref_runs})
+        floor = INPUT_FLOORS[name]
+        timing = interleaved_many({"lib": library, "grpo": lambda: grpo(rollouts), "ref": reference,
+                                   "floor": lambda floor=floor: floor(rollouts, advantage)},
+                                  {"lib": bench.runs, "grpo": bench.runs, "ref": bench.ref_runs, "floor": bench.runs})
         bench.add_stage_row("weight", name, timing, goal, "before (topk / formula as written)",
                             (out - expected).abs().max().item())
 
@@ -612,7 +628,7 @@ def combine(runs: list[dict]) -> dict:
         same = [run["results"][i] for run in runs]
         merged = dict(row)
         for key in ("lib_ms", "lib_cpu_ms", "ref_ms", "ref_cpu_ms", "ratio", "cpu_ratio", "ratio_bound", "grpo_ms",
-                    "grpo_cpu_ms", "x_grpo", "x_grpo_cpu"):
+                    "grpo_cpu_ms", "x_grpo", "x_grpo_cpu", "floor_ms", "x_floor"):
             values = [r.get(key) for r in same]
             merged[key] = None if None in values else statistics.median(values)
         if merged.get("x_grpo") is not None:
@@ -633,14 +649,15 @@ def combine(runs: list[dict]) -> dict:
 
 def show(result: dict) -> None:
     header = ("stage", "function", "reference", "library ms", "reference ms", "ratio", "cpu-time ratio",
-              "bound", "x grpo (goal)")
+              "bound", "x grpo (goal)", "x input floor")
     lines = [
         (r["stage"], r["name"], r["reference"] or "-", f"{r['lib_ms']:.2f}",
          "-" if r["ref_ms"] is None else f"{r['ref_ms']:.2f}",
          "-" if r["ratio"] is None else f"{r['ratio']:.1f}x",
          "-" if r["cpu_ratio"] is None else f"{r['cpu_ratio']:.1f}x",
          "-" if r.get("ratio_bound") is None else f"{r['ratio_bound']:.1f}x",
-         "-" if r.get("x_grpo") is None else f"{r['x_grpo']:.1f}x (<= {r['x_grpo_goal']:g}x)")
+         "-" if r.get("x_grpo") is None else f"{r['x_grpo']:.1f}x (<= {r['x_grpo_goal']:g}x)",
+         "-" if r.get("x_floor") is None else f"{r['x_floor']:.1f}x")
         for r in result["results"]
     ]
     m = result["machine"]
