@@ -81,7 +81,8 @@ def main() -> None:
         cfg = demo_config(args.work / f"seed{seed}" / "sft", seed=seed, rl={"steps": 0})
         record = read_run_record(Path(cfg.out))
         if record is not None:
-            diff = config_differences(record["config"], cfg.model_dump(mode="json"), (*SAFE_TO_CHANGE, "eval"))
+            # RL and eval settings do not change a warm start (it runs no RL step)
+            diff = config_differences(record["config"], cfg.model_dump(mode="json"), (*SAFE_TO_CHANGE, "eval", "rl"))
             if diff:
                 raise SystemExit(f"{cfg.out} holds a warm start with other settings: {diff}")
             if (Path(cfg.out) / "checkpoints" / "sft").is_dir():
