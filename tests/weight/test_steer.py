@@ -91,9 +91,11 @@ def test_bad_parameters_name_the_field(kwargs, message):
 # row; its output must be the formula's as written before (copied here verbatim as the reference).
 
 
-def _steer_reference(r, advantage, w_min=0.8, w_max=1.0, mode="exp", keep=None):
-    p = r.logprob.float().exp().clamp(1e-8, 1.0 - 1e-8)
-    omega = torch.where(r.mask, advantage.float() * (1.0 - p) * (p.log() + r.entropy.float()), 0.0).abs()
+def _steer_reference(r, advantage, w_min=0.8, w_max=1.0, mode="exp", keep=None, omega=None):
+    """The formula as written; with `omega` (|Ω| [B,T]) only the weights' half of it, from that |Ω|."""
+    if omega is None:
+        p = r.logprob.float().exp().clamp(1e-8, 1.0 - 1e-8)
+        omega = torch.where(r.mask, advantage.float() * (1.0 - p) * (p.log() + r.entropy.float()), 0.0).abs()
     candidates = omega[r.mask if keep is None else r.mask & keep]
     if candidates.numel() == 0:
         return r.mask.float()
@@ -150,7 +152,6 @@ def test_steer_is_the_formula_as_written(block, case):
             patch.setattr(steer_module, "_CHUNK", block)
         w = tc.get("weight", "steer")(r, advantage, **params)
         omega = entropy_change(r, advantage)
-    expected = _steer_reference(r, advantage, **params)
     assert w.dtype == torch.float32 and w.shape == r.mask.shape
     # float32 rounding apart: log p is the clamped log-prob (not log(exp(·))) and exponentials are exp2, so Ω
     # may differ by a few ulp of its terms A·(1 − p)·log p and A·(1 − p)·H (more than of Ω itself where they cancel)
@@ -159,4 +160,8 @@ def test_steer_is_the_formula_as_written(block, case):
     scale = torch.where(r.mask, advantage.abs() * (p.log().abs() + r.entropy), 0.0)
     close = (omega - expected_omega).abs() <= 1e-6 * scale + 1e-30
     assert (close | (omega == expected_omega) | (omega.isnan() & expected_omega.isnan())).all()
-    torch.testing.assert_close(w, expected, rtol=2e-6, atol=0.0, equal_nan=True)
+    # the weights are the formula's function of that Ω (exp2 for exp: ≤ 2e-6 relative). Against the verbatim
+    # float32 formula they can differ more where log p + H cancels: a 1e-6 error of Ω times a rate up to
+    # −ln(w_min)/0.02, or over a tiny spread in linear mode (2% measured) — the formula's conditioning, not steer's
+    torch.testing.assert_close(w, _steer_reference(r, advantage, **params, omega=omega.abs()), rtol=2e-6, atol=0.0,
+                               equal_nan=True)
