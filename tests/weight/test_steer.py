@@ -45,6 +45,7 @@ def test_exponential_weights_by_hand():
     # every |Ω| below 0.02: k uses 0.02, so no token is pushed down to w_min
     small = steer(_batch(), torch.tensor(A) * 1e-3)
     assert small[0, 1].item() == pytest.approx(math.exp(math.log(0.8) * abs(_omega(0, 1)) * 1e-3 / 0.02))
+    assert torch.equal(steer(_batch(), torch.tensor(A), keep=torch.ones(2, 3, dtype=torch.bool)), w)  # all kept
     nothing_kept = steer(_batch(), torch.tensor(A), keep=torch.zeros_like(_batch().mask))
     torch.testing.assert_close(nothing_kept, _batch().mask.float())
 

@@ -129,11 +129,14 @@ def steer(
         raise ValueError(f"w_min, w_max: mode 'exp' weighs in [w_min, 1] (w_min ≤ 1, w_max = 1), got {w_min}, {w_max}")
     mask = rollouts.mask
     ranked = None if keep is None else mask & keep
+    n_ranked = token_count(mask if ranked is None else ranked)
+    if not n_ranked:
+        return as_float(mask)
+    if ranked is not None and n_ranked == token_count(mask):  # ranked ⊆ mask, so all of it: no second mask to apply
+        ranked = None
     weight = torch.empty(mask.shape, dtype=torch.float32, device=mask.device)
     row_max, row_min = _entropy_change_into(weight, rollouts, advantage, absolute=True, need_min=mode == "linear",
                                             ranked=ranked)
-    if not token_count(mask if ranked is None else ranked):
-        return as_float(mask)
     largest = row_max.max()  # over the ranked tokens: |Ω| ≥ 0, and 0 in a row without any
     if mode == "exp":
         rate = -math.log(w_min) / largest.clamp(min=0.02)
