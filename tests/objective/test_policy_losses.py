@@ -126,3 +126,24 @@ def test_negative_clip_range_is_an_error_naming_the_field():
         tc.get("objective", "ppo_clip")(old, old, ADV, MASK, clip_low=-0.1)
     with pytest.raises(ValueError, match="dual_clip"):
         tc.get("objective", "ppo_clip")(old, old, ADV, MASK, dual_clip=0.5)
+
+
+@pytest.mark.parametrize("name", tc.names("objective"))
+@pytest.mark.parametrize("junk", [math.nan, math.inf, -math.inf])
+def test_junk_in_padding_stays_out_of_the_loss_and_its_gradient(name, junk):
+    """Padding may hold anything (an engine's fill value, NaN included): the loss, the stats and the gradient stay
+    finite, and no gradient reaches a padded token."""
+    mask = torch.tensor([[True, True, False], [False, False, False]])  # a ragged row and a fully masked one
+    adv = torch.tensor([[1.0, -0.5, 0.0], [0.0, 0.0, 0.0]])
+    for current_junk, old_junk in ((True, False), (False, True), (True, True)):
+        logprob = torch.tensor([[-0.5, -1.0, 0.0], [0.0, 0.0, 0.0]])
+        old = torch.tensor([[-0.7, -0.9, 0.0], [0.0, 0.0, 0.0]])
+        if current_junk:
+            logprob = logprob.masked_fill(~mask, junk)
+        if old_junk:
+            old = old.masked_fill(~mask, junk)
+        logprob.requires_grad_(True)
+        loss, stats = policy_loss(name, logprob, old, adv, mask)
+        loss.backward()
+        assert torch.isfinite(loss) and all(torch.isfinite(v).all() for v in stats.values()), (name, loss, stats)
+        assert torch.isfinite(logprob.grad).all() and (logprob.grad[~mask] == 0).all(), (name, logprob.grad)

@@ -30,6 +30,7 @@ def cispo(
     log_r = log_ratio(logprob, old_logprob)
     ratio = log_r.exp()
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high).detach()
-    per_token = zero_outside(-clipped_ratio * advantage * logprob, mask)
+    # log π_θ masked before the product too: a NaN or inf in the padding would reach its gradient as 0·NaN
+    per_token = zero_outside(-clipped_ratio * advantage * zero_outside(logprob, mask), mask)
     stats = {"clip_frac": masked_mean((ratio > 1.0 + clip_high).float(), mask)} | ratio_stats(log_r, mask)
     return per_token, detached(stats)

@@ -48,8 +48,9 @@ def check_clip(clip_low: float, clip_high: float, dual_clip: float | None = None
 
 
 def ratio_stats(log_r: Tensor, mask: Tensor) -> dict[str, Tensor]:
-    """`approx_kl` = mean k3(π_old ‖ π_θ) and the largest |r − 1| over the mask (1e-4 at the first on-policy
-    epoch is the trainer's correctness check)."""
+    """`approx_kl` = mean of `1/r − 1 + log r` (`kl.k3` with π_old as the reference, x = log r: k3(π_θ ‖ π_old) in
+    that module's notation) and the largest |r − 1| over the mask (1e-4 at the first on-policy epoch is the
+    trainer's correctness check)."""
     ratio = log_r.exp()
     dev = zero_outside((ratio - 1.0).abs(), mask).amax() if mask.numel() else ratio.new_zeros(())
     return {"approx_kl": masked_mean(torch.expm1(-log_r) + log_r, mask), "ratio_max_dev": dev}
