@@ -169,6 +169,18 @@ def test_depth_one_tree_is_a_plain_group():
     kw = {"branching": [5], "segment_tokens": 3}
     torch.testing.assert_close(spo_tree(r, mode="grpo", **kw), tc.get("advantage", "grpo")(r))
     torch.testing.assert_close(spo_tree(r, mode="rloo", **kw), tc.get("advantage", "dr_grpo")(r))
+    # a response that is a strict prefix of another still ends in its own leaf: [1] is not the node [1] that [1, 2]
+    # passes through (by hand: rewards 1, 0, 0, mean 1/3; dr_grpo 2/3, −1/3, −1/3; grpo divides by std 1/√3)
+    r = tree_batch(reward=[1.0, 0.0, 0.0], tokens=torch.tensor([[1, 0], [1, 2], [3, 4]]), lengths=[1, 2, 2],
+                   group=[0, 0, 0])
+    kw = {"branching": [3], "segment_tokens": 2, "dedup": False}
+    torch.testing.assert_close(spo_tree(r, mode="rloo", **kw), torch.tensor([[2 / 3, 0], [-1 / 3, -1 / 3],
+                                                                            [-1 / 3, -1 / 3]]))
+    torch.testing.assert_close(spo_tree(r, mode="grpo", **kw), tc.get("advantage", "grpo")(r))
+    # ... and its edge is its own, not the shared first segment of [1, 2] (segments of one token, dedup on):
+    # V(root) = 1/3, V([1]) = 1/2, V(leaf [1]) = 1; row 1's second segment: V([1, 2]) − V([1]) = −1/2
+    deduped = spo_tree(r, branching=[3, 2], segment_tokens=1)
+    torch.testing.assert_close(deduped, torch.tensor([[2 / 3, 0], [1 / 6, -1 / 2], [-1 / 3, 0]]))
 
 
 def test_tree_boundaries_in_mask_holes_stay_finite():

@@ -199,13 +199,17 @@ def spo_tree(
     end = torch.cat([start[:, 1:], start.new_full((b, 1), t)], dim=1).minimum(tree.length[:, None])  # exclusive
     present = start < tree.length[:, None]  # [B,D]
     last = (end - 1).clamp(min=0)
-    child_value = tree.value_after.gather(1, last)
+    # a row's last segment ends in the row's own leaf (END below the node after its last token: that node may
+    # also lead on to a longer sibling), so its child is that leaf
+    ended = present & (end == tree.length[:, None])
+    child_value = torch.where(ended, tree.leaf_value[:, None], tree.value_after.gather(1, last))
     parent_value = tree.value_before.gather(1, start.clamp(max=t - 1))
     edge = torch.where(present, child_value - parent_value, 0.0)
     if mode == "grpo" or dedup:
         # node ids (−1 where a segment boundary falls in a mask hole: such an edge is its own node)
         node = prefix_node_ids(tokens, mask, group)
         child = torch.where(present, node.gather(1, last), -1)
+        child = torch.where(ended & (child >= 0), child + b * t, child)  # leaf ids: past every node id
     if mode == "grpo":
         # the parent of segment j is the node after token c_j − 1 (the root of the group, id −2 − g, for j = 0)
         parent = torch.where(start > 0, node.gather(1, (start - 1).clamp(min=0)), -2 - group.long()[:, None])
@@ -214,7 +218,7 @@ def spo_tree(
     if dedup:
         rows = torch.arange(b, device=mask.device)[:, None].expand(b, depth)
         known = child >= 0
-        owner = torch.full((b * t,), b, dtype=torch.long, device=mask.device)
+        owner = torch.full((2 * b * t,), b, dtype=torch.long, device=mask.device)
         owner.scatter_reduce_(0, child[known], rows[known], "amin")
         edge = torch.where(~known | (owner[child.clamp(min=0)] == rows), edge, 0.0)
     segment = (torch.arange(t, device=mask.device) // segment_tokens).clamp(max=depth - 1)
