@@ -11,13 +11,25 @@ from tokencredit.masked import (
     masked_whiten,
     masked_whiten_,
     masked_whiten_rows,
+    pack,
+    packing,
     rows_kept,
     token_count,
     true_positions,
+    unpack,
     zero_outside,
 )
 
 MASK = torch.tensor([[True, True, False], [False, False, False], [True, False, True]])
+
+
+def test_pack_moves_each_rows_tokens_to_its_front_and_unpack_puts_them_back():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    where = packing(MASK)  # row 2 has a hole
+    assert torch.equal(pack(x, where), torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [7.0, 9.0, 0.0]]))
+    assert torch.equal(unpack(pack(x, where), where), torch.where(MASK, x, 0.0))
+    assert packing(torch.tensor([[True, True, False], [False, False, False]])) is None  # no holes: nothing to do
+    assert packing(torch.zeros(0, 3, dtype=torch.bool)) is None and packing(torch.zeros(2, 0, dtype=torch.bool)) is None
 
 
 def test_token_count_per_row_and_total():

@@ -25,15 +25,19 @@ def holey_rollouts(draw, max_rows: int = 6, max_len: int = 9) -> tc.Rollouts:
 
 
 def gae_loop(r: tc.Rollouts, gamma: float, lam: float) -> torch.Tensor:
-    """GAE by a loop over tokens, as verl writes it, on masked values and the outcome-shaped rewards."""
-    value, token_reward = torch.where(r.mask, r.value, 0.0), outcome(r)
-    advantage, running = torch.zeros_like(value), torch.zeros(value.shape[0])
+    """GAE by a loop over tokens, as verl writes it (`compute_gae_advantage_return`), on the outcome-shaped
+    rewards: a masked-out token (a hole: context between response tokens) neither updates the next value nor
+    the running advantage, so V(s_{t+1}) is the next response token's value and the discount counts response
+    tokens only."""
+    value, token_reward, mask = r.value, outcome(r), r.mask
+    advantage = torch.zeros_like(value)
+    next_value, running = torch.zeros(value.shape[0]), torch.zeros(value.shape[0])
     for t in reversed(range(value.shape[1])):
-        next_value = value[:, t + 1] if t + 1 < value.shape[1] else torch.zeros(value.shape[0])
-        delta = torch.where(r.mask[:, t], token_reward[:, t] + gamma * next_value - value[:, t], 0.0)
-        running = delta + gamma * lam * running
+        delta = token_reward[:, t] + gamma * next_value - value[:, t]
+        next_value = torch.where(mask[:, t], value[:, t], next_value)
+        running = torch.where(mask[:, t], delta + gamma * lam * running, running)
         advantage[:, t] = running
-    return torch.where(r.mask, advantage, 0.0)
+    return torch.where(mask, advantage, 0.0)
 
 
 def whiten(x, mask):
@@ -71,6 +75,16 @@ def test_gae_hand_computed():
     torch.testing.assert_close(adv, torch.tensor([[a0, a1, a2, 0.0]]))
     torch.testing.assert_close(ret, torch.tensor([[a0 + 0.5, a1 + 0.2, a2 + 0.8, 0.0]]))
     torch.testing.assert_close(tc.get("advantage", "gae")(r, gamma=1.0, lam=0.5, whiten=False), adv)
+
+
+def test_gae_skips_mask_holes_as_verl_does():
+    # tokens 0 and 2 are the response's, token 1 a hole (e.g. tool output) whose value is never read
+    r = tc.Rollouts(group=torch.zeros(1, dtype=torch.long), mask=torch.tensor([[True, False, True]]),
+                    reward=torch.ones(1), value=torch.tensor([[0.5, 0.6, 0.7]]))
+    adv, ret = gae_advantage_and_return(r, gamma=0.9, lam=0.8)
+    d0, d2 = 0.9 * 0.7 - 0.5, 1.0 - 0.7  # δ_0 = γ·V(next response token) − V_0; δ_2 = R − V_2
+    torch.testing.assert_close(adv, torch.tensor([[d0 + 0.9 * 0.8 * d2, 0.0, d2]]))
+    torch.testing.assert_close(ret, torch.tensor([[d0 + 0.72 * d2 + 0.5, 0.0, d2 + 0.7]]))
 
 
 def test_gae_lambda_one_zero_values_is_return():
