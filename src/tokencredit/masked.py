@@ -113,18 +113,23 @@ def last_index(mask: Tensor) -> Tensor:
     return last.reshape(mask.shape[:-1])
 
 
-def packing(mask: Tensor) -> Tensor | None:
+def front_positions(mask: Tensor) -> Tensor:
     """Where each entry of a bool `mask [B,T]` goes when every row's true entries are moved to its front, in
-    order (`[B,T]` int64; T, one column past the end, for a false entry); None when no row has a hole, i.e. each
-    row's true entries already come first (a right-padded batch), so that the common case costs two cheap
-    counts. `pack` and `unpack` use it."""
-    if bool((last_index(mask) + 1 == token_count(mask, -1)).all()):
-        return None
+    order (`[B,T]` int64; T, one column past the end, for a false entry). `pack` and `unpack` use it."""
     return torch.where(mask, mask.long().cumsum(-1).sub_(1), mask.shape[-1])
 
 
+def packing(mask: Tensor) -> Tensor | None:
+    """`front_positions(mask)`, or None when no row has a hole, i.e. each row's true entries already come first
+    (a right-padded batch): the common case then costs two cheap counts."""
+    if bool((last_index(mask) + 1 == token_count(mask, -1)).all()):
+        return None
+    return front_positions(mask)
+
+
 def pack(x: Tensor, where: Tensor) -> Tensor:
-    """`x [B,T]` with each row's true-mask entries moved to its front (`where` from `packing`), 0 after them."""
+    """`x [B,T]` with each row's true-mask entries moved to its front (`where` from `front_positions`), 0 after
+    them."""
     b, t = where.shape
     return x.new_zeros(b, t + 1).scatter_(1, where, x)[:, :t].contiguous()
 

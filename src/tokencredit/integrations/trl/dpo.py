@@ -25,6 +25,7 @@ from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
+from tokencredit.masked import front_positions, pack
 from tokencredit.pairs import SIDES, Pairs
 from tokencredit.registry import get, needs_of, parameters
 
@@ -69,11 +70,7 @@ def completion_only(x: Tensor, mask: Tensor) -> Tensor:
     each row's completion positions (in order); `T` the longest completion, 0 beyond a row's."""
     mask = mask.bool()
     width = int(mask.sum(-1).max()) if mask.numel() else 0
-    out = torch.zeros(mask.shape[0], width, dtype=x.dtype, device=x.device)
-    rank = mask.long().cumsum(-1) - 1
-    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
-    out[rows[mask], rank[mask]] = x[mask]
-    return out
+    return pack(x, front_positions(mask))[:, :width].contiguous()
 
 
 class TokenFieldCollator:
