@@ -25,6 +25,8 @@ T = 1024, ragged lengths uniform in 256..1024, binary outcome rewards, random cr
   `x grpo hot` repeats stage and grpo back to back, where grpo's whole working set (the 4 MB mask and its 16 MB
   output) stays in this machine's 32 MB last-level cache and the stages' (52–68 MB) cannot: that flatters grpo
   alone (1.1–1.6 ms against 2.0–2.7 cold).
+  `steer fused=True` (its `torch.compile`d kernels) is a row of its own (`WEIGHT_OPTIONS`), with the time of its
+  first call, which compiles (`first_call_s`, untimed in the ratios).
   `--large` adds `forking_tokens` on B = 8192, T = 8192 (67M elements: 512 prompts × 16 responses × 8k
   positions, 42M of them tokens; beyond the 2^24 elements `torch.quantile` accepts), next to grpo there
   (≈2 GB of memory, ≈1 min with `before`).
@@ -236,6 +238,7 @@ WEIGHT_REFS = {  # name → (goal: at most this many times grpo's time, rtol aga
     "d3s_tokens": (10.0, 0.0, lambda r, adv: ref_top_fraction(adv.float().abs() * r.entropy, r.mask, 0.2)),
     "steer": (5.0, 2e-6, ref_steer),  # log p and exp2 instead of log(exp(·)) and exp: float32 rounding apart
 }
+WEIGHT_OPTIONS = {"steer": {"fused": True}}  # also timed with these parameters, as a row of their own
 
 # One elementwise pass that reads the stage's float [B,T] inputs and writes a fresh float [B,T] output: the memory
 # traffic no implementation of the stage can avoid (grpo reads a [B] reward and the mask: its traffic is ~1/3 of
@@ -553,16 +556,21 @@ def measure_weights(bench: Bench, rollouts: tc.Rollouts, advantage: Tensor) -> N
     keep = rollouts.mask  # `Recipe.credit`'s keep [B,T]: every token of the mask in the loss
     grpo = tc.get("advantage", "grpo")
     evict = torch.zeros(EVICT_BYTES // 4)
-    for name, (goal, rtol, before) in WEIGHT_REFS.items():
+    rows = [(name, {}) for name in WEIGHT_REFS] + list(WEIGHT_OPTIONS.items())
+    for name, params in rows:
+        goal, rtol, before = WEIGHT_REFS[name]
         fn = tc.get("weight", name)
 
-        def library(fn=fn) -> Tensor:
-            return fn(rollouts, advantage, keep=keep)
+        def library(fn=fn, params=params) -> Tensor:
+            return fn(rollouts, advantage, keep=keep, **params)
 
         def reference(before=before) -> Tensor:
             return before(rollouts, advantage)
 
-        out, expected = library(), reference()
+        first = time.perf_counter()
+        out = library()  # with fused=True, this call compiles
+        first = time.perf_counter() - first
+        expected = reference()
         torch.testing.assert_close(out, expected, rtol=rtol, atol=0.0, msg=lambda m, name=name: f"{name}: {m}")
         floor = INPUT_FLOORS[name]
         timing = interleaved_many({"lib": library, "grpo": lambda: grpo(rollouts), "ref": reference,
@@ -571,8 +579,10 @@ def measure_weights(bench: Bench, rollouts: tc.Rollouts, advantage: Tensor) -> N
                                   evict=evict)
         hot = interleaved_many({"lib": library, "grpo": lambda: grpo(rollouts)},
                                {"lib": bench.runs, "grpo": bench.runs})
-        bench.add_stage_row("weight", name, timing, goal, "before (topk / formula as written)",
+        label = " ".join([name, *(f"{key}={value}" for key, value in params.items())])
+        bench.add_stage_row("weight", label, timing, goal, "before (topk / formula as written)",
                             (out - expected).abs().max().item(), hot=hot)
+        bench.rows[-1]["first_call_s"] = first
 
 
 def measure_large(bench: Bench, rows: int = 8192, width: int = 8192) -> None:
@@ -650,7 +660,7 @@ def combine(runs: list[dict]) -> dict:
         merged = dict(row)
         for key in ("lib_ms", "lib_cpu_ms", "ref_ms", "ref_cpu_ms", "ratio", "cpu_ratio", "ratio_bound", "grpo_ms",
                     "grpo_cpu_ms", "x_grpo", "x_grpo_cpu", "floor_ms", "x_floor", "lib_ms_hot", "grpo_ms_hot",
-                    "x_grpo_hot"):
+                    "x_grpo_hot", "first_call_s"):
             values = [r.get(key) for r in same]
             merged[key] = None if None in values else statistics.median(values)
         if merged.get("x_grpo") is not None:

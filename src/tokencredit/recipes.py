@@ -171,7 +171,8 @@ class Recipe(BaseModel):
             token_keep = mask & self._run("token_select", shaped, advantage, **run)
         weight = mask.float()
         if self.weight is not None:  # after selection: a batch-level token quantile counts the tokens in the loss
-            weight = zero_outside(self._run("weight", shaped, advantage, keep=rows_kept(token_keep, keep), **run), mask)
+            in_loss = token_keep if self.select is None else rows_kept(token_keep, keep)  # no select: every row kept
+            weight = zero_outside(self._run("weight", shaped, advantage, keep=in_loss, **run), mask)
         return Credit(advantage=advantage, weight=weight, keep=keep, token_keep=token_keep, progress=progress)
 
     # ------------------------------------------------------------------------------------------ loss

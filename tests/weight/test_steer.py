@@ -143,15 +143,17 @@ def _steer_case(draw):
     return r, advantage, {"w_min": w_min, "w_max": w_max, "mode": mode, "keep": keep}
 
 
-@pytest.mark.parametrize("block", [None, 7])  # elements a block: as configured (one block here), or many
-@settings(max_examples=120, deadline=None)
+@pytest.mark.parametrize("block", [None, 7, "fused"])  # eager, a block as configured (one here) or of 7 elements;
+@settings(max_examples=120, deadline=None)                # or fused=True's kernels, run uncompiled (compiled below)
 @given(case=_steer_case())
 def test_steer_is_the_formula_as_written(block, case):
     r, advantage, params = case
     with pytest.MonkeyPatch.context() as patch:
-        if block is not None:
+        if block == "fused":
+            patch.setattr(steer_module, "_compiled", lambda kernel: kernel)
+        elif block is not None:
             patch.setattr(steer_module, "_CHUNK", block)
-        w = tc.get("weight", "steer")(r, advantage, **params)
+        w = tc.get("weight", "steer")(r, advantage, **params, fused=block == "fused")
         omega = entropy_change(r, advantage)
     assert w.dtype == torch.float32 and w.shape == r.mask.shape
     # float32 rounding apart: log p is the clamped log-prob (not log(exp(·))) and exponentials are exp2, so Ω
@@ -166,3 +168,37 @@ def test_steer_is_the_formula_as_written(block, case):
     # −ln(w_min)/0.02, or over a tiny spread in linear mode (2% measured) — the formula's conditioning, not steer's
     torch.testing.assert_close(w, _steer_reference(r, advantage, **params, omega=omega.abs()), rtol=2e-6, atol=0.0,
                                equal_nan=True)
+
+
+def test_fused_kernels_compile_to_the_eager_weights():
+    # one torch.compile per kernel variant (20–30 s the first time on a machine, a few seconds with inductor's cache)
+    gen = torch.Generator().manual_seed(0)
+    rows, width = 48, 37
+    mask = torch.rand(rows, width, generator=gen) < 0.7
+    logprob = torch.where(mask, -torch.rand(rows, width, generator=gen) * 4, math.nan)  # junk in the padding
+    entropy = torch.where(mask, torch.rand(rows, width, generator=gen) * 2, math.inf)
+    r = tc.Rollouts(group=torch.zeros(rows, dtype=torch.long), mask=mask, reward=torch.zeros(rows), logprob=logprob,
+                    entropy=entropy)
+    advantage = torch.randn(rows, width, generator=gen)
+    keep = mask & (torch.rand(rows, width, generator=gen) < 0.5)
+    steer = tc.get("weight", "steer")
+    linear = {"mode": "linear", "w_max": 1.2}
+    for params in ({}, {"keep": keep}, linear, {**linear, "keep": keep}):
+        eager, fused = steer(r, advantage, **params), steer(r, advantage, **params, fused=True)
+        torch.testing.assert_close(fused, eager, rtol=2e-6, atol=0.0)
+        assert torch.equal(fused == 0, ~mask)
+
+
+def test_fused_names_the_option_when_compilation_fails(monkeypatch):
+    def broken(kernel, **options):
+        def run(*args):
+            raise OSError("no C++ compiler")
+        return run
+
+    steer_module._compiled.cache_clear()
+    monkeypatch.setattr(torch, "compile", broken)
+    try:
+        with pytest.raises(RuntimeError, match=r"fused: .*no C\+\+ compiler.*set fused: false"):
+            tc.get("weight", "steer")(_batch(), torch.tensor(A), fused=True)
+    finally:
+        steer_module._compiled.cache_clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -101,6 +102,7 @@ def steer(
     w_min: float = 0.8,
     w_max: float = 1.0,
     mode: str = "exp",
+    fused: bool = False,
     keep: Tensor | None = None,
 ) -> Tensor:
     """STEER token weights from the estimated entropy change `|Ω|` (see `entropy_change`), ranked over the tokens
@@ -120,6 +122,14 @@ def steer(
     −ln(w_min)/0.02) or a tiny linear spread magnifies that in the weights (2% measured against `log(exp(·))`).
     `w_min = w_max = 1` gives weight 1 everywhere. No kept token gives the mask (weights of dropped responses
     are not used).
+
+    `fused=True` computes the same formula (float32 rounding apart) in two `torch.compile`d kernels, one pass over
+    the inputs and one over the weights, instead of ~16 eager passes per block: 9–10 ms instead of 12–16 at
+    [4096, 1024] on one CPU thread (3.5–4.2× grpo against 5.5–6.0×, from a cold cache). The first call compiles
+    (3–5 s with inductor's on-disk cache, 20–25 s without; one compilation serves every shape), which pays back
+    only after ~1,000–5,000 calls of that size, so it is off by default. It needs what inductor needs (a C++
+    compiler on CPU, Triton on CUDA; checked on CPU only) and raises naming `fused` when compilation fails.
+    With `keep` short of the mask its first kernel reads a second mask and is slower (about eager speed).
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -128,28 +138,75 @@ def steer(
     if mode == "exp" and (w_min > 1.0 or w_max != 1.0):
         raise ValueError(f"w_min, w_max: mode 'exp' weighs in [w_min, 1] (w_min ≤ 1, w_max = 1), got {w_min}, {w_max}")
     mask = rollouts.mask
-    ranked = None if keep is None else mask & keep
+    ranked = None if keep is None or keep is mask else mask & keep
     n_ranked = token_count(mask if ranked is None else ranked)
     if not n_ranked:
         return as_float(mask)
     if ranked is not None and n_ranked == token_count(mask):  # ranked ⊆ mask, so all of it: no second mask to apply
         ranked = None
     weight = torch.empty(mask.shape, dtype=torch.float32, device=mask.device)
-    row_max, row_min = _entropy_change_into(weight, rollouts, advantage, absolute=True, need_min=mode == "linear",
-                                            ranked=ranked)
-    largest = row_max.max()  # over the ranked tokens: |Ω| ≥ 0, and 0 in a row without any
-    if mode == "exp":
-        rate = -math.log(w_min) / largest.clamp(min=0.02)
-        _in_blocks(weight, mask, lambda w: w.mul_(-rate * _LOG2_E).exp2_().clamp_(w_min, w_max))
+    if fused:
+        inputs = token_field(rollouts, "logprob", "steer"), token_field(rollouts, "entropy", "steer"), advantage.float()
+        flat = [x.expand(mask.shape).reshape(-1) for x in (*inputs, mask)]
+        flat.append(flat[3] if ranked is None else ranked.reshape(-1))  # the same tensor twice: compiled as one input
+        largest, smallest = _compiled(_abs_entropy_change_fused)(weight.view(-1), *flat, mode == "linear")
+        bounds = [torch.tensor(w, device=mask.device) for w in (w_min, w_max)]  # tensors: a float would recompile
     else:
-        smallest = row_min.min()
-        spread = largest - smallest
-        scale = (w_max - w_min) / spread.clamp(min=torch.finfo(weight.dtype).tiny)
-        if spread > 0:  # w_max − (|Ω| − min)·scale
-            _in_blocks(weight, mask, lambda w: w.sub_(smallest).mul_(scale).neg_().add_(w_max).clamp_(w_min, w_max))
-        else:  # nothing to rank (or a NaN): the middle, as the paper
-            _in_blocks(weight, mask, lambda w: w.fill_((w_min + w_max) / 2).clamp_(w_min, w_max))
+        row_max, row_min = _entropy_change_into(weight, rollouts, advantage, absolute=True,
+                                                need_min=mode == "linear", ranked=ranked)
+        largest = row_max.max()  # over the ranked tokens: |Ω| ≥ 0, and 0 in a row without any
+        smallest = None if row_min is None else row_min.min()
+    if mode == "exp":
+        factor = math.log2(w_min) / largest.clamp(min=0.02)  # −k·log₂e
+        if fused:
+            _compiled(_exp_weights_fused)(weight.view(-1), flat[3], factor, *bounds)
+        else:
+            _in_blocks(weight, mask, lambda w: w.mul_(factor).exp2_().clamp_(w_min, w_max))
+        return weight
+    spread = largest - smallest
+    scale = (w_max - w_min) / spread.clamp(min=torch.finfo(weight.dtype).tiny)
+    if not spread > 0:  # nothing to rank (or a NaN): the middle, as the paper
+        _in_blocks(weight, mask, lambda w: w.fill_((w_min + w_max) / 2).clamp_(w_min, w_max))
+    elif fused:
+        _compiled(_linear_weights_fused)(weight.view(-1), flat[3], smallest, scale, *bounds)
+    else:  # w_max − (|Ω| − min)·scale
+        _in_blocks(weight, mask, lambda w: w.sub_(smallest).mul_(scale).neg_().add_(w_max).clamp_(w_min, w_max))
     return weight
+
+
+def _abs_entropy_change_fused(out: Tensor, logprob: Tensor, entropy: Tensor, advantage: Tensor, mask: Tensor,
+                              ranked: Tensor, need_min: bool) -> tuple[Tensor, Tensor | None]:
+    """`fused=True`'s first kernel, on flat `[N]` tensors: |Ω| into `out`, 0 off the mask; its maximum over the
+    `ranked` tokens and, with `need_min`, its minimum. The formula as written: `torch.compile` makes it one pass."""
+    log_p = logprob.clamp(_LOG_P_FLOOR, 0.0)
+    omega = torch.where(mask, ((1.0 - torch.exp2(log_p * _LOG2_E)) * advantage * (log_p + entropy)).abs(), 0.0)
+    out.copy_(omega)
+    return torch.where(ranked, omega, 0.0).amax(), torch.where(ranked, omega, math.inf).amin() if need_min else None
+
+
+def _exp_weights_fused(weight: Tensor, mask: Tensor, factor: Tensor, w_min: Tensor, w_max: Tensor) -> None:
+    weight.copy_(torch.where(mask, torch.exp2(weight * factor).clamp(w_min, w_max), 0.0))
+
+
+def _linear_weights_fused(weight: Tensor, mask: Tensor, smallest: Tensor, scale: Tensor, w_min: Tensor,
+                          w_max: Tensor) -> None:
+    weight.copy_(torch.where(mask, (w_max - (weight - smallest) * scale).clamp(w_min, w_max), 0.0))
+
+
+@functools.cache
+def _compiled(kernel):
+    """`kernel` through `torch.compile` (built once, for any length), raising naming `fused` if that fails."""
+    compiled = torch.compile(kernel, dynamic=True, fullgraph=True)
+
+    @functools.wraps(kernel)
+    def run(*args):
+        try:
+            return compiled(*args)
+        except Exception as error:  # inductor's failures have no common base class
+            raise RuntimeError(f"fused: weight 'steer' with fused=True needs torch.compile, which failed here "
+                               f"({type(error).__name__}: {error}); set fused: false") from error
+
+    return run
 
 
 def _in_blocks(x: Tensor, mask: Tensor, fn) -> None:
