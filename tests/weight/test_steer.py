@@ -143,17 +143,18 @@ def _steer_case(draw):
     return r, advantage, {"w_min": w_min, "w_max": w_max, "mode": mode, "keep": keep}
 
 
-@pytest.mark.parametrize("block", [None, 7, "fused"])  # eager, a block as configured (one here) or of 7 elements;
-@settings(max_examples=120, deadline=None)                # or fused=True's kernels, run uncompiled (compiled below)
+# eager with blocks as configured (one block here) or of 7 elements; or fused=True's kernels, run uncompiled
+@pytest.mark.parametrize("path", ["eager", "blocks of 7", "fused"])  # (compiled in the test after this one)
+@settings(max_examples=120, deadline=None)
 @given(case=_steer_case())
-def test_steer_is_the_formula_as_written(block, case):
+def test_steer_is_the_formula_as_written(path, case):
     r, advantage, params = case
     with pytest.MonkeyPatch.context() as patch:
-        if block == "fused":
+        if path == "fused":
             patch.setattr(steer_module, "_compiled", lambda kernel: kernel)
-        elif block is not None:
-            patch.setattr(steer_module, "_CHUNK", block)
-        w = tc.get("weight", "steer")(r, advantage, **params, fused=block == "fused")
+        elif path == "blocks of 7":
+            patch.setattr(steer_module, "_CHUNK", 7)
+        w = tc.get("weight", "steer")(r, advantage, **params, fused=path == "fused")
         omega = entropy_change(r, advantage)
     assert w.dtype == torch.float32 and w.shape == r.mask.shape
     # float32 rounding apart: log p is the clamped log-prob (not log(exp(·))) and exponentials are exp2, so Ω
