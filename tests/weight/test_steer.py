@@ -48,6 +48,9 @@ def test_exponential_weights_by_hand():
     assert torch.equal(steer(_batch(), torch.tensor(A), keep=torch.ones(2, 3, dtype=torch.bool)), w)  # all kept
     nothing_kept = steer(_batch(), torch.tensor(A), keep=torch.zeros_like(_batch().mask))
     torch.testing.assert_close(nothing_kept, _batch().mask.float())
+    empty = rollouts([1.0, 0.0], [0, 0], [0, 0], width=3, logprob=torch.tensor(P).log(), entropy=torch.tensor(H))
+    for params in ({}, {"mode": "linear", "w_max": 1.2}):  # no token at all: no count taken, 0 everywhere
+        assert torch.equal(steer(empty, torch.tensor(A), **params), torch.zeros(2, 3))
 
 
 def test_an_impossible_token_does_not_set_the_scale_alone():

@@ -138,12 +138,15 @@ def steer(
     if mode == "exp" and (w_min > 1.0 or w_max != 1.0):
         raise ValueError(f"w_min, w_max: mode 'exp' weighs in [w_min, 1] (w_min ≤ 1, w_max = 1), got {w_min}, {w_max}")
     mask = rollouts.mask
-    ranked = None if keep is None or keep is mask else mask & keep
-    n_ranked = token_count(mask if ranked is None else ranked)
-    if not n_ranked:
+    if not mask.numel():
         return as_float(mask)
-    if ranked is not None and n_ranked == token_count(mask):  # ranked ⊆ mask, so all of it: no second mask to apply
-        ranked = None
+    ranked = None if keep is None or keep is mask else mask & keep
+    if ranked is not None:  # (ranking over the whole mask needs no count: an empty mask gives 0 everywhere anyway)
+        n_ranked = token_count(ranked)
+        if not n_ranked:
+            return as_float(mask)
+        if n_ranked == token_count(mask):  # ranked ⊆ mask, so all of it: no second mask to apply
+            ranked = None
     weight = torch.empty(mask.shape, dtype=torch.float32, device=mask.device)
     if fused:
         inputs = token_field(rollouts, "logprob", "steer"), token_field(rollouts, "entropy", "steer"), advantage.float()
