@@ -124,8 +124,8 @@ def steer(
     are not used).
 
     `fused=True` computes the same formula (float32 rounding apart) in two `torch.compile`d kernels, one pass over
-    the inputs and one over the weights, instead of ~18 eager passes over each block: 9–10 ms instead of 12–16 at
-    [4096, 1024] on one CPU thread (3.5–4.2× grpo against 5.5–6.0×, from a cold cache). The first call compiles
+    the inputs and one over the weights, instead of ~18 eager passes over each block: 9–10 ms instead of 13–16 at
+    [4096, 1024] on one CPU thread (3.5–4.3× grpo against 5.2–6.0×, from a cold cache). The first call compiles
     (3–5 s with inductor's on-disk cache, 20–25 s without; one compilation serves every shape), which pays back
     only after ~1,000–5,000 calls of that size, so it is off by default. It needs what inductor needs (a C++
     compiler on CPU, Triton on CUDA; checked on CPU only) and raises naming `fused` when compilation fails.
