@@ -127,7 +127,7 @@ def steer(
     the inputs and one over the weights, instead of ~18 eager passes over each block: 9–10 ms instead of 13–16 at
     [4096, 1024] on one CPU thread (3.5–4.3× grpo against 5.2–6.0×, from a cold cache). The first call compiles
     (3–5 s with inductor's on-disk cache, 20–25 s without; one compilation serves every shape), which pays back
-    only after ~1,000–5,000 calls of that size, so it is off by default. It needs what inductor needs (a C++
+    only after ~500–4,000 calls of that size, so it is off by default. It needs what inductor needs (a C++
     compiler on CPU, Triton on CUDA; checked on CPU only) and raises naming `fused` when compilation fails.
     With `keep` short of the mask its first kernel reads a second mask and is slower (about eager speed).
     """
